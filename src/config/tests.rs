@@ -1,0 +1,182 @@
+//! Config parsing: the contract's example validates, every mistake is located precisely.
+
+use super::*;
+
+fn parse_str(text: &str) -> Result<Config, ConfigError> {
+    parse(Path::new("/etc/rtmd/b.toml"), text)
+}
+
+fn err(text: &str) -> ConfigError {
+    match parse_str(text) {
+        Ok(_) => panic!("expected an error for:\n{text}"),
+        Err(e) => e,
+    }
+}
+
+const EGPMS: &str = r#"name = "rpi4-01"
+[power]
+backend = "egpms"
+host = "127.0.0.1"
+outlet = 2
+model = "pms21"
+password = "hackme"
+cycle_off_ms = 1500
+on_stop = "off"
+"#;
+
+#[test]
+fn egpms_board_validates_with_defaults() {
+    let c = parse_str(EGPMS).unwrap();
+    assert_eq!(c.name, "rpi4-01");
+    let p = c.power.unwrap();
+    assert_eq!(p.cycle_off, Duration::from_millis(1500));
+    assert_eq!(p.on_stop, OnStop::Off);
+    let BackendConfig::Egpms(e) = p.backend else {
+        panic!("not egpms")
+    };
+    assert_eq!((e.port, e.outlet, e.model), (5000, 2, EgpmsModel::Pms21));
+    assert_eq!(e.password, b"hackme");
+    assert_eq!(c.warnings.len(), 1, "inline password must be warned about");
+    assert!(
+        !format!("{e:?}").contains("hackme"),
+        "debug output leaks the password"
+    );
+}
+
+#[test]
+fn name_only_is_a_valid_board() {
+    let c = parse_str("name = \"b\"\n").unwrap();
+    assert!(c.power.is_none());
+}
+
+#[test]
+fn unknown_key_is_located_at_the_key() {
+    let e = err("name = \"b\"\n[power]\nbackend = \"egpms\"\n  colour = 1\n");
+    assert_eq!((e.line, e.column), (4, 3));
+    assert!(e.message.contains("unknown field `colour`"), "{e}");
+    assert!(e.to_string().starts_with("/etc/rtmd/b.toml:4:3: "), "{e}");
+}
+
+#[test]
+fn wrong_type_is_located_at_the_value() {
+    let e = err("name = \"b\"\n[power]\nbackend = \"egpms\"\nhost = \"h\"\noutlet = \"two\"\n");
+    assert_eq!((e.line, e.column), (5, 10));
+    assert!(e.message.contains("expected u16"), "{e}");
+}
+
+#[test]
+fn bad_board_names_are_refused() {
+    for bad in ["Rpi4", "4pi", "", "rpi 4", "rpi.4", "rpi4/01"] {
+        let e = err(&format!("name = {bad:?}\n"));
+        assert_eq!((e.line, e.column), (1, 8), "{bad}: {e}");
+        assert!(e.message.contains("invalid board name"), "{e}");
+    }
+    assert!(valid_board_name("rpi4-01_b"));
+}
+
+#[test]
+fn key_of_another_backend_is_named() {
+    let e = err(
+        "name = \"b\"\n[power]\nbackend = \"egpms\"\nhost = \"h\"\noutlet = 1\nvoltage = 5.0\n",
+    );
+    assert_eq!(e.line, 6);
+    assert!(
+        e.message
+            .contains("`voltage` does not apply to power backend `egpms`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn outlet_out_of_range() {
+    let e = err("name = \"b\"\n[power]\nbackend = \"egpms\"\nhost = \"h\"\noutlet = 5\n");
+    assert_eq!((e.line, e.column), (5, 10));
+    assert!(e.message.contains("outlets 1 to 4"), "{e}");
+}
+
+#[test]
+fn unknown_backend_and_missing_keys() {
+    let e = err("name = \"b\"\n[power]\nbackend = \"relay\"\n");
+    assert_eq!((e.line, e.column), (3, 11));
+    assert!(e.message.contains("unknown power backend"), "{e}");
+    let e = err("name = \"b\"\n[power]\nbackend = \"egpms\"\noutlet = 1\n");
+    assert!(e.message.contains("needs the key `host`"), "{e}");
+}
+
+#[test]
+fn missing_password_file_is_an_error_at_its_value() {
+    let e = err(
+        "name = \"b\"\n[power]\nbackend = \"egpms\"\nhost = \"h\"\noutlet = 1\npassword_file = \"/nonexistent/pw\"\n",
+    );
+    assert_eq!((e.line, e.column), (6, 17));
+    assert!(
+        e.message
+            .contains("cannot read password file /nonexistent/pw"),
+        "{e}"
+    );
+}
+
+#[test]
+fn password_file_loses_one_trailing_newline() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pw"), "s3cret\n").unwrap();
+    let cfg = dir.path().join("b.toml");
+    let text = "name = \"b\"\n[power]\nbackend = \"egpms\"\nhost = \"h\"\noutlet = 1\npassword_file = \"pw\"\n";
+    let c = parse(&cfg, text).unwrap();
+    let Some(PowerConfig {
+        backend: BackendConfig::Egpms(e),
+        ..
+    }) = c.power
+    else {
+        panic!()
+    };
+    assert_eq!(e.password, b"s3cret");
+    assert!(c.warnings.is_empty());
+}
+
+const DPM: &str = r#"name = "b"
+[power]
+backend = "dpm86xx"
+device = "/dev/rtm/b/psu"
+protocol = "modbus"
+voltage = 5.1
+current_limit = 3.0
+voltage_range = [4.0, 5.8]
+profiles = { low = 4.6, nominal = 5.1, high = 5.6 }
+"#;
+
+#[test]
+fn supply_validates() {
+    let c = parse_str(DPM).unwrap();
+    let Some(PowerConfig {
+        backend: BackendConfig::Dpm86xx(s, proto),
+        ..
+    }) = c.power
+    else {
+        panic!()
+    };
+    assert_eq!(proto, DpmProtocol::Modbus);
+    assert_eq!((s.baud, s.address, s.max_current), (9600, 1, 3.0));
+    assert_eq!(s.profiles.get("low"), Some(&4.6));
+}
+
+#[test]
+fn supply_profile_outside_range_is_located() {
+    let e = err(&DPM.replace("high = 5.6", "high = 6.6"));
+    assert_eq!(e.line, 9);
+    assert!(
+        e.message
+            .contains("profile \"high\" 6.6 V is outside voltage_range"),
+        "{e}"
+    );
+}
+
+#[test]
+fn supply_needs_a_voltage_range() {
+    let e = err(&DPM
+        .replace("voltage_range = [4.0, 5.8]\n", "")
+        .replace("profiles = { low = 4.6, nominal = 5.1, high = 5.6 }\n", ""));
+    assert!(e.message.contains("needs `voltage_range"), "{e}");
+    let e = err(&DPM.replace("[4.0, 5.8]", "[5.8, 4.0]"));
+    assert!(e.message.contains("0 <= min < max"), "{e}");
+}

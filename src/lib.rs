@@ -2,3 +2,4 @@
 //! `docs/architecture.md`; `board` wires them together.
 
 pub mod config;
+pub mod power;

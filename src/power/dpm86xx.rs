@@ -1,0 +1,371 @@
+//! Joy-it / Juntek DPM86xx programmable supplies, in both of the unit's protocols
+//! (`docs/protocols/power-supplies.md`): the ASCII "simple protocol" (encoding and reply
+//! parsing as pure functions below) and Modbus RTU (through [`ModbusLink`]).
+//!
+//! The unit does no range checks of its own; [`super::Power`] refuses bad setpoints before
+//! they get here.
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_serial::SerialStream;
+
+use super::serial::{self, ModbusLink, REPLY_TIMEOUT};
+use super::{Measurement, PowerError, PowerState, PowerSupply, PowerSwitch};
+use crate::config::{DpmProtocol, SupplyConfig};
+
+/// ASCII function numbers.
+pub mod func {
+    pub const VOLTAGE_SET: u8 = 10;
+    pub const CURRENT_SET: u8 = 11;
+    pub const OUTPUT: u8 = 12;
+    pub const VOLTAGE_OUT: u8 = 30;
+    pub const CURRENT_OUT: u8 = 31;
+    pub const TEMPERATURE: u8 = 33;
+}
+
+/// Modbus holding registers.
+pub mod reg {
+    pub const VOLTAGE_SET: u16 = 0x0000;
+    pub const CURRENT_SET: u16 = 0x0001;
+    pub const OUTPUT: u16 = 0x0002;
+    pub const VOLTAGE_OUT: u16 = 0x1001;
+    pub const CURRENT_OUT: u16 = 0x1002;
+    pub const TEMPERATURE: u16 = 0x1003;
+}
+
+/// Volts to the unit's 0.01 V steps.
+pub fn volts_to_raw(volts: f64) -> u16 {
+    (volts * 100.0).round().clamp(0.0, f64::from(u16::MAX)) as u16
+}
+
+/// Amperes to the unit's 0.001 A steps.
+pub fn amps_to_raw(amps: f64) -> u16 {
+    (amps * 1000.0).round().clamp(0.0, f64::from(u16::MAX)) as u16
+}
+
+/// `:01w10=510,` and `:01r30=0,`, with the official `\r\n` terminator.
+pub fn encode_write(address: u8, function: u8, value: u32) -> String {
+    format!(":{address:02}w{function:02}={value},\r\n")
+}
+
+pub fn encode_read(address: u8, function: u8) -> String {
+    format!(":{address:02}r{function:02}=0,\r\n")
+}
+
+/// A parsed ASCII reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsciiReply {
+    /// `:01ok`: the write was parsed.
+    Ok { address: u8 },
+    /// `:01r30=5339.`
+    Value {
+        address: u8,
+        function: u8,
+        value: u32,
+    },
+}
+
+/// Finds the first complete reply in `buf`. `Ok(None)`: need more bytes; `Ok(Some((reply,
+/// used)))`: a reply and how many bytes it took; `Err`: bytes that can never become a reply.
+pub fn parse_reply(buf: &[u8]) -> Result<Option<(AsciiReply, usize)>, String> {
+    // Line noise before the frame (and the previous frame's CR LF) is skipped.
+    let Some(start) = buf.iter().position(|&b| b == b':') else {
+        return if buf.iter().all(|b| b.is_ascii_whitespace()) {
+            Ok(None)
+        } else {
+            Err(format!("garbled reply {:?}", String::from_utf8_lossy(buf)))
+        };
+    };
+    let frame = &buf[start + 1..];
+    let digits = |s: &[u8]| -> Option<u32> {
+        if s.is_empty() || s.len() > 9 || !s.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(s).ok()?.parse().ok()
+    };
+    let garbled = || format!("garbled reply {:?}", String::from_utf8_lossy(&buf[start..]));
+    if frame.len() < 3 {
+        return Ok(None);
+    }
+    let address = digits(&frame[..2]).ok_or_else(garbled)? as u8;
+    match frame[2] {
+        b'o' => {
+            if frame.len() < 4 {
+                return Ok(None);
+            }
+            if frame[3] != b'k' {
+                return Err(garbled());
+            }
+            Ok(Some((AsciiReply::Ok { address }, start + 5)))
+        }
+        b'r' => {
+            let Some(end) = frame.iter().position(|&b| b == b'.') else {
+                return if frame.len() > 20 {
+                    Err(garbled())
+                } else {
+                    Ok(None)
+                };
+            };
+            let body = &frame[3..end];
+            let eq = body.iter().position(|&b| b == b'=').ok_or_else(garbled)?;
+            let function = digits(&body[..eq]).ok_or_else(garbled)? as u8;
+            let value = digits(&body[eq + 1..]).ok_or_else(garbled)?;
+            Ok(Some((
+                AsciiReply::Value {
+                    address,
+                    function,
+                    value,
+                },
+                start + 1 + end + 1,
+            )))
+        }
+        _ => Err(garbled()),
+    }
+}
+
+/// One DPM86xx on a serial line.
+pub struct Dpm86xx {
+    link: Link,
+}
+
+enum Link {
+    Ascii(AsciiLink),
+    Modbus(ModbusLink),
+}
+
+impl Dpm86xx {
+    pub fn new(config: &SupplyConfig, protocol: DpmProtocol) -> Self {
+        let link = match protocol {
+            DpmProtocol::Ascii => Link::Ascii(AsciiLink {
+                path: config.device.clone(),
+                baud: config.baud,
+                address: config.address,
+                port: None,
+                buf: Vec::new(),
+            }),
+            DpmProtocol::Modbus => {
+                Link::Modbus(ModbusLink::new(&config.device, config.baud, config.address))
+            }
+        };
+        Dpm86xx { link }
+    }
+
+    async fn write(&mut self, function: u8, register: u16, value: u16) -> Result<(), PowerError> {
+        match &mut self.link {
+            Link::Ascii(a) => a.write(function, u32::from(value)).await,
+            Link::Modbus(m) => m.write(register, value).await,
+        }
+    }
+
+    async fn read(&mut self, function: u8, register: u16) -> Result<u16, PowerError> {
+        match &mut self.link {
+            Link::Ascii(a) => {
+                let v = a.read(function).await?;
+                u16::try_from(v)
+                    .map_err(|_| PowerError::Protocol(format!("value {v} out of range")))
+            }
+            Link::Modbus(m) => Ok(m.read(register, 1).await?[0]),
+        }
+    }
+}
+
+#[async_trait]
+impl PowerSwitch for Dpm86xx {
+    async fn switch(&mut self, on: bool) -> Result<PowerState, PowerError> {
+        self.write(func::OUTPUT, reg::OUTPUT, u16::from(on)).await?;
+        // A write's answer only means "parsed"; the state read back is the confirmation.
+        self.state().await
+    }
+
+    async fn state(&mut self) -> Result<PowerState, PowerError> {
+        match self.read(func::OUTPUT, reg::OUTPUT).await? {
+            0 => Ok(PowerState::Off),
+            1 => Ok(PowerState::On),
+            other => Err(PowerError::Protocol(format!(
+                "output state {other} is neither 0 nor 1"
+            ))),
+        }
+    }
+
+    fn as_supply(&mut self) -> Option<&mut dyn PowerSupply> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl PowerSupply for Dpm86xx {
+    async fn set_voltage(&mut self, volts: f64) -> Result<(), PowerError> {
+        self.write(func::VOLTAGE_SET, reg::VOLTAGE_SET, volts_to_raw(volts))
+            .await
+    }
+
+    async fn set_current_limit(&mut self, amps: f64) -> Result<(), PowerError> {
+        self.write(func::CURRENT_SET, reg::CURRENT_SET, amps_to_raw(amps))
+            .await
+    }
+
+    async fn measure(&mut self) -> Result<Measurement, PowerError> {
+        let (v, i, t) = match &mut self.link {
+            // The three measurement registers are consecutive: one request.
+            Link::Modbus(m) => {
+                let w = m.read(reg::VOLTAGE_OUT, 3).await?;
+                (w[0], w[1], w[2])
+            }
+            Link::Ascii(_) => (
+                self.read(func::VOLTAGE_OUT, 0).await?,
+                self.read(func::CURRENT_OUT, 0).await?,
+                self.read(func::TEMPERATURE, 0).await?,
+            ),
+        };
+        let output = self.read(func::OUTPUT, reg::OUTPUT).await?;
+        Ok(Measurement {
+            voltage: f64::from(v) / 100.0,
+            current: f64::from(i) / 1000.0,
+            temperature: Some(f64::from(t)),
+            output_on: Some(output == 1),
+        })
+    }
+}
+
+/// The ASCII protocol over a serial port, reopened after any failure.
+struct AsciiLink {
+    path: PathBuf,
+    baud: u32,
+    address: u8,
+    port: Option<SerialStream>,
+    buf: Vec<u8>,
+}
+
+impl AsciiLink {
+    async fn write(&mut self, function: u8, value: u32) -> Result<(), PowerError> {
+        match self
+            .request(encode_write(self.address, function, value))
+            .await?
+        {
+            AsciiReply::Ok { .. } => Ok(()),
+            other => Err(PowerError::Protocol(format!("expected ok, got {other:?}"))),
+        }
+    }
+
+    async fn read(&mut self, function: u8) -> Result<u32, PowerError> {
+        match self.request(encode_read(self.address, function)).await? {
+            AsciiReply::Value {
+                function: f, value, ..
+            } if f == function => Ok(value),
+            other => Err(PowerError::Protocol(format!(
+                "expected the value of function {function:02}, got {other:?}"
+            ))),
+        }
+    }
+
+    async fn request(&mut self, line: String) -> Result<AsciiReply, PowerError> {
+        let result = tokio::time::timeout(REPLY_TIMEOUT, self.exchange(line.as_bytes())).await;
+        let port = self.path.display().to_string();
+        let result = match result {
+            Ok(r) => r,
+            Err(_) if self.buf.iter().all(u8::is_ascii_whitespace) => {
+                Err(PowerError::Timeout(format!(
+                    "{port}: supply at address {:02} is silent ({} ms)",
+                    self.address,
+                    REPLY_TIMEOUT.as_millis()
+                )))
+            }
+            Err(_) => Err(PowerError::Protocol(format!(
+                "{port}: incomplete reply {:?}",
+                String::from_utf8_lossy(&self.buf)
+            ))),
+        };
+        if result.is_err() {
+            self.port = None;
+        }
+        self.buf.clear();
+        result
+    }
+
+    async fn exchange(&mut self, line: &[u8]) -> Result<AsciiReply, PowerError> {
+        if self.port.is_none() {
+            self.port = Some(serial::open(&self.path, self.baud)?);
+        }
+        let path = self.path.display().to_string();
+        let port = self
+            .port
+            .as_mut()
+            .ok_or_else(|| PowerError::Io("serial port not open".to_string()))?;
+        let io = |e: std::io::Error| PowerError::Io(format!("{path}: {e}"));
+        self.buf.clear();
+        port.write_all(line).await.map_err(io)?;
+        let mut chunk = [0u8; 64];
+        loop {
+            let n = port.read(&mut chunk).await.map_err(io)?;
+            if n == 0 {
+                return Err(PowerError::Io(format!(
+                    "{path}: the serial device went away"
+                )));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+            match parse_reply(&self.buf) {
+                Ok(Some((reply, _))) => {
+                    let address = match reply {
+                        AsciiReply::Ok { address } | AsciiReply::Value { address, .. } => address,
+                    };
+                    if address != self.address {
+                        return Err(PowerError::Protocol(format!(
+                            "{path}: reply from address {address:02}, expected {:02}",
+                            self.address
+                        )));
+                    }
+                    return Ok(reply);
+                }
+                Ok(None) => continue,
+                Err(e) => return Err(PowerError::Protocol(format!("{path}: {e}"))),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_the_documented_examples() {
+        assert_eq!(encode_write(1, func::VOLTAGE_SET, 1234), ":01w10=1234,\r\n");
+        assert_eq!(encode_read(1, func::VOLTAGE_OUT), ":01r30=0,\r\n");
+        assert_eq!(volts_to_raw(12.34), 1234);
+        assert_eq!(volts_to_raw(5.1), 510);
+        assert_eq!(amps_to_raw(2.0), 2000);
+    }
+
+    #[test]
+    fn parses_replies() {
+        assert_eq!(
+            parse_reply(b":01r30=5339.\r\n"),
+            Ok(Some((
+                AsciiReply::Value {
+                    address: 1,
+                    function: 30,
+                    value: 5339
+                },
+                12
+            )))
+        );
+        assert_eq!(
+            parse_reply(b"\r\n:01ok\r\n"),
+            Ok(Some((AsciiReply::Ok { address: 1 }, 7)))
+        );
+        assert_eq!(parse_reply(b":01r30=53"), Ok(None));
+        assert_eq!(parse_reply(b":0"), Ok(None));
+        assert_eq!(parse_reply(b""), Ok(None));
+    }
+
+    #[test]
+    fn refuses_garbage() {
+        assert!(parse_reply(b"\xff\xfe").is_err());
+        assert!(parse_reply(b":01x").is_err());
+        assert!(parse_reply(b":0Xok").is_err());
+        assert!(parse_reply(b":01r3a=1.").is_err());
+        assert!(parse_reply(b":01oops").is_err());
+    }
+}

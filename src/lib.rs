@@ -1,5 +1,11 @@
 //! rtmd: the per-board dispatcher daemon. Each module below is one part of
 //! `docs/architecture.md`; `board` wires them together.
 
+pub mod board;
+pub mod bus;
 pub mod config;
+pub mod daemon;
+pub mod demo;
 pub mod power;
+pub mod sim;
+pub mod systemd;

@@ -1,1 +1,264 @@
-fn main() {}
+//! `rtmctl`: the command line for admins and LAVA device-dictionary hooks.
+//!
+//! Every command prints one short line and exits 0 when done, 1 when the operation failed
+//! (hardware, timeout, daemon not running), 2 on a usage or configuration error, 3 when the
+//! board is held by someone else; on failure one line on stderr says why.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use rtmd::bus::{PATH, bus_name};
+use zbus::{Connection, DBusError, OwnedVariant, fdo};
+
+#[derive(Parser)]
+#[command(version, about = "Control a board served by rtmd")]
+struct Args {
+    /// The bus rtmd serves on.
+    #[arg(
+        long,
+        value_enum,
+        env = "RTM_BUS",
+        default_value = "system",
+        conflicts_with = "bus_address"
+    )]
+    bus: Bus,
+    /// The bus at this D-Bus address instead.
+    #[arg(long, env = "RTM_BUS_ADDRESS", value_name = "ADDR")]
+    bus_address: Option<String>,
+    /// The board.
+    #[arg(long, env = "RTM_DUT")]
+    dut: String,
+    /// Give up on a call after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    timeout: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Bus {
+    System,
+    Session,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Board power.
+    Power {
+        #[command(subcommand)]
+        action: PowerAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum PowerAction {
+    /// Switch on; returns once the hardware reports on.
+    On,
+    /// Switch off.
+    Off,
+    /// Off, wait, on (LAVA's hard reset).
+    Cycle {
+        /// Off time in ms (default: the board's cycle_off_ms).
+        #[arg(long, default_value_t = 0)]
+        off_ms: u32,
+    },
+    /// Show the state (and, for a lab supply, the measurements).
+    Status,
+    /// Set the supply's output voltage (V).
+    Voltage { volts: f64 },
+    /// Set the supply's current limit (A).
+    Current { amps: f64 },
+    /// Apply a named voltage profile (e.g. low, nominal, high).
+    Profile { name: String },
+}
+
+/// A failure, with the exit status it maps to.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+const POWER: &str = "org.rtmd.Dut1.Power";
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("rtmctl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(&args)) {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(f) => {
+            eprintln!("rtmctl: {}: {}", args.dut, f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+struct Client {
+    connection: Connection,
+    dest: String,
+    bus: String,
+    board: String,
+}
+
+async fn run(args: &Args) -> Result<String, Failure> {
+    let (builder, bus) = match (&args.bus_address, args.bus) {
+        (Some(a), _) => (
+            zbus::connection::Builder::address(a.as_str()),
+            format!("the bus at {a}"),
+        ),
+        (None, Bus::Session) => (
+            zbus::connection::Builder::session(),
+            "the session bus".to_string(),
+        ),
+        (None, Bus::System) => (
+            zbus::connection::Builder::system(),
+            "the system bus".to_string(),
+        ),
+    };
+    let connection = builder
+        .method_timeout(Duration::from_secs(args.timeout))
+        .build()
+        .await
+        .map_err(|e| Failure {
+            code: 1,
+            message: format!("cannot connect to {bus}: {e}"),
+        })?;
+    let client = Client {
+        connection,
+        dest: bus_name(&args.dut),
+        bus,
+        board: args.dut.clone(),
+    };
+    match &args.command {
+        Command::Power { action } => power(&client, action).await,
+    }
+}
+
+async fn power(c: &Client, action: &PowerAction) -> Result<String, Failure> {
+    match action {
+        PowerAction::On => c.call(POWER, "On", &()).await?,
+        PowerAction::Off => c.call(POWER, "Off", &()).await?,
+        PowerAction::Cycle { off_ms } => c.call(POWER, "Cycle", &(*off_ms,)).await?,
+        PowerAction::Voltage { volts } => {
+            c.call(POWER, "SetVoltage", &(*volts,)).await?;
+            return Ok(format!("{}: voltage setpoint {volts:.2} V", c.board));
+        }
+        PowerAction::Current { amps } => {
+            c.call(POWER, "SetCurrentLimit", &(*amps,)).await?;
+            return Ok(format!("{}: current limit {amps:.3} A", c.board));
+        }
+        PowerAction::Profile { name } => {
+            let reply = c.call(POWER, "ApplyProfile", &(name.as_str(),)).await?;
+            let volts: f64 = reply.body().deserialize().map_err(|e| c.fail(e.into()))?;
+            return Ok(format!("{}: profile {name}, {volts:.2} V", c.board));
+        }
+        PowerAction::Status => {}
+    }
+    let state: String = c.property(POWER, "State").await?;
+    let mut line = format!("{}: power {state}", c.board);
+    // Supplies have measurements; a plain switch answers NotConfigured and shows only state.
+    if let Ok(setpoint) = c.property::<f64>(POWER, "VoltageSetpoint").await {
+        let volts: f64 = c.property(POWER, "Voltage").await?;
+        let amps: f64 = c.property(POWER, "Current").await?;
+        if volts.is_finite() && amps.is_finite() {
+            line.push_str(&format!(", {volts:.2} V, {amps:.3} A"));
+        }
+        line.push_str(&format!(" (setpoint {setpoint:.2} V)"));
+    }
+    Ok(line)
+}
+
+impl Client {
+    async fn call<B>(&self, iface: &str, method: &str, body: &B) -> Result<zbus::Message, Failure>
+    where
+        B: serde::Serialize + zbus::DynamicType,
+    {
+        self.connection
+            .call_method(Some(self.dest.as_str()), PATH, Some(iface), method, body)
+            .await
+            .map_err(|e| self.fail(e))
+    }
+
+    async fn property<T>(&self, iface: &str, name: &str) -> Result<T, Failure>
+    where
+        T: TryFrom<OwnedVariant>,
+        <T as TryFrom<OwnedVariant>>::Error: std::fmt::Display,
+    {
+        let reply = self
+            .call("org.freedesktop.DBus.Properties", "Get", &(iface, name))
+            .await?;
+        let value: OwnedVariant = reply
+            .body()
+            .deserialize()
+            .map_err(|e| self.fail(e.into()))?;
+        T::try_from(value).map_err(|e| Failure {
+            code: 1,
+            message: format!("property {name}: {e}"),
+        })
+    }
+
+    /// Maps a D-Bus error to an exit status and one line.
+    fn fail(&self, e: zbus::Error) -> Failure {
+        let (name, text) = match &e {
+            zbus::Error::MethodError(name, text, _) => {
+                (name.to_string(), text.clone().unwrap_or_default())
+            }
+            zbus::Error::FDO(f) => match &**f {
+                fdo::Error::ServiceUnknown(_) | fdo::Error::NameHasNoOwner(_) => {
+                    return Failure {
+                        code: 1,
+                        message: format!(
+                            "no rtmd serves board {} on {} ({} has no owner)",
+                            self.board, self.bus, self.dest
+                        ),
+                    };
+                }
+                other => (
+                    other.name().to_string(),
+                    other.description().unwrap_or_default().to_string(),
+                ),
+            },
+            zbus::Error::InputOutput(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+                return Failure {
+                    code: 1,
+                    message: "rtmd did not answer in time".to_string(),
+                };
+            }
+            other => {
+                return Failure {
+                    code: 1,
+                    message: other.to_string(),
+                };
+            }
+        };
+        let short = name.rsplit('.').next().unwrap_or(&name).to_string();
+        let code = match short.as_str() {
+            "Leased" => 3,
+            "InvalidArgs" | "OutOfRange" | "NotConfigured" | "NotFound" | "UnknownMethod"
+            | "UnknownInterface" | "UnknownProperty" => 2,
+            _ => 1,
+        };
+        let text = match short.as_str() {
+            "UnknownInterface" | "UnknownMethod" => {
+                format!("not configured on this board ({text})")
+            }
+            _ => text,
+        };
+        Failure {
+            code,
+            message: if text.is_empty() { short } else { text },
+        }
+    }
+}

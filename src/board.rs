@@ -1,0 +1,106 @@
+//! One board: builds the configured subsystems, runs them, and stops them fail-safe.
+//!
+//! This is the table of contents of the daemon. Building touches no hardware (starting never
+//! switches power); stopping leaves power as `on_stop` says.
+
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use crate::bus;
+use crate::config::{Config, OnStop};
+use crate::power::{Power, PowerState, PowerStatus};
+
+/// How long stopping may spend switching the board off before giving up (systemd's stop
+/// timeout must be longer).
+const STOP_BUDGET: Duration = Duration::from_secs(20);
+
+pub struct Board {
+    pub config: Config,
+    pub power: Option<Power>,
+}
+
+impl Board {
+    /// Spawns the subsystems' owner tasks. Must run inside the tokio runtime.
+    pub fn build(config: Config) -> Board {
+        for section in &config.pending_sections {
+            warn!("[{section}] is configured but not served by this version of rtmd yet");
+        }
+        let power = config.power.as_ref().map(Power::spawn);
+        Board { config, power }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// The subsystems served, as named in `org.rtmd.Dut1.Subsystems`.
+    pub fn subsystems(&self) -> Vec<String> {
+        self.power.iter().map(|_| "power".to_string()).collect()
+    }
+
+    /// The root D-Bus object of this board.
+    pub fn dut(&self) -> bus::Dut {
+        bus::Dut::new(self.name(), self.subsystems())
+    }
+
+    /// Reads the initial power state in the background: a read, never a switch.
+    pub fn probe(&self) {
+        if let Some(power) = self.power.clone() {
+            tokio::spawn(async move {
+                match power.refresh().await {
+                    Ok(state) => info!(subsystem = "power", "initial state {}", state.as_str()),
+                    Err(e) => warn!(subsystem = "power", "cannot read the initial state: {e}"),
+                }
+            });
+        }
+    }
+
+    /// True while every subsystem's owner task makes progress (feeds the watchdog).
+    pub fn is_alive(&self) -> bool {
+        self.power.as_ref().is_none_or(Power::is_alive)
+    }
+
+    /// Stops fail-safe: with `on_stop = "off"` the board is switched off first.
+    pub async fn stop(&self) {
+        let (Some(power), Some(config)) = (&self.power, &self.config.power) else {
+            return;
+        };
+        if config.on_stop != OnStop::Off {
+            info!(
+                subsystem = "power",
+                "stopping; power left as it is (on_stop = keep)"
+            );
+            return;
+        }
+        match tokio::time::timeout(STOP_BUDGET, power.off()).await {
+            Ok(Ok(_)) => info!(
+                subsystem = "power",
+                "stopping; power switched off (on_stop = off)"
+            ),
+            Ok(Err(e)) => warn!(
+                subsystem = "power",
+                "stopping; could not switch power off: {e}"
+            ),
+            Err(_) => warn!(
+                subsystem = "power",
+                "stopping; switching off took longer than {} s",
+                STOP_BUDGET.as_secs()
+            ),
+        }
+    }
+}
+
+/// The one-line summary for `systemctl status` (`STATUS=`).
+pub fn status_line(s: &PowerStatus) -> String {
+    let mut line = format!("power {}", s.state.as_str());
+    if let Some(m) = s.measured
+        && s.state == PowerState::On
+    {
+        line.push_str(&format!(", {:.2} V, {:.3} A", m.voltage, m.current));
+    }
+    if let Some(e) = &s.last_error {
+        line.push_str(&format!("; last error: {e}"));
+    }
+    line
+}

@@ -1,0 +1,153 @@
+//! The D-Bus API (`docs/dbus.md`): thin zbus interfaces over the subsystems, the mapping of
+//! subsystem errors to named D-Bus errors, and the connection with the board's well-known
+//! names.
+//!
+//! Nothing here decides anything about hardware: each method validates its arguments, calls
+//! the subsystem, and translates the result.
+
+mod dut;
+mod power;
+
+use std::time::Duration;
+
+use zbus::connection::Builder;
+use zbus::{Connection, DBusError};
+
+use crate::power::{Power, PowerError};
+
+pub use dut::Dut;
+
+/// The object path every board serves.
+pub const PATH: &str = "/org/rtmd/Dut1";
+/// The root interface; subsystem interfaces are `org.rtmd.Dut1.<Subsystem>`.
+pub const INTERFACE: &str = "org.rtmd.Dut1";
+
+/// The board's well-known bus name: `org.rtmd.Dut1.<board>` with `-` turned into `_`.
+pub fn bus_name(board: &str) -> String {
+    format!("{INTERFACE}.{}", board.replace('-', "_"))
+}
+
+/// Which bus to connect to.
+#[derive(Debug, Clone)]
+pub enum BusChoice {
+    System,
+    Session,
+    Address(String),
+}
+
+impl BusChoice {
+    /// A connection builder for this bus (zbus reports a bad address at `build()`).
+    pub fn builder(&self) -> Builder<'static> {
+        match self {
+            BusChoice::System => Builder::system(),
+            BusChoice::Session => Builder::session(),
+            BusChoice::Address(a) => Builder::address(a.as_str()),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            BusChoice::System => "the system bus".to_string(),
+            BusChoice::Session => "the session bus".to_string(),
+            BusChoice::Address(a) => format!("the bus at {a}"),
+        }
+    }
+}
+
+/// Named errors of the API. The derive appends each `name` to the prefix `org`, which lets
+/// one enum carry both our `org.rtmd.Dut1.Error.*` and the standard `InvalidArgs`.
+#[derive(Debug, DBusError)]
+#[zbus(prefix = "org")]
+pub enum Error {
+    #[zbus(name = "rtmd.Dut1.Error.NotConfigured")]
+    NotConfigured(String),
+    #[zbus(name = "rtmd.Dut1.Error.Busy")]
+    Busy(String),
+    #[zbus(name = "rtmd.Dut1.Error.Hardware")]
+    Hardware(String),
+    #[zbus(name = "rtmd.Dut1.Error.Timeout")]
+    Timeout(String),
+    #[zbus(name = "rtmd.Dut1.Error.OutOfRange")]
+    OutOfRange(String),
+    #[zbus(name = "rtmd.Dut1.Error.Leased")]
+    Leased(String),
+    #[zbus(name = "rtmd.Dut1.Error.NotFound")]
+    NotFound(String),
+    #[zbus(name = "freedesktop.DBus.Error.InvalidArgs")]
+    InvalidArgs(String),
+}
+
+impl From<PowerError> for Error {
+    fn from(e: PowerError) -> Self {
+        match e {
+            PowerError::Timeout(m) => Error::Timeout(m),
+            PowerError::Io(m)
+            | PowerError::Protocol(m)
+            | PowerError::Refused(m)
+            | PowerError::Mismatch(m) => Error::Hardware(m),
+            PowerError::OutOfRange(m) => Error::OutOfRange(m),
+            PowerError::InvalidArgument(m) => Error::InvalidArgs(m),
+            PowerError::NotFound(m) => Error::NotFound(m),
+            PowerError::NotSupported(m) => Error::NotConfigured(m),
+        }
+    }
+}
+
+/// Why the daemon could not take its place on the bus.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("another rtmd already serves board {board}: the bus name {name} is taken on {bus}")]
+    NameTaken {
+        board: String,
+        name: String,
+        bus: String,
+    },
+    #[error("cannot connect to {bus}: {source}")]
+    Bus { bus: String, source: zbus::Error },
+}
+
+/// Connects, serves the board's interfaces at [`PATH`] and takes its names. Also owns the
+/// name spelled with the board name verbatim (`-` is valid in bus names), so a systemd
+/// template's `BusName=org.rtmd.Dut1.%i` is exact for every board.
+pub async fn serve(
+    bus: &BusChoice,
+    dut: Dut,
+    power: Option<Power>,
+) -> Result<Connection, ConnectError> {
+    let board = dut.name().to_string();
+    let name = bus_name(&board);
+    let verbatim = format!("{INTERFACE}.{board}");
+    let fail = |source| ConnectError::Bus {
+        bus: bus.describe(),
+        source,
+    };
+    let mut builder = bus.builder().serve_at(PATH, dut);
+    if let Some(p) = &power {
+        builder = builder.serve_at(PATH, power::PowerIface::new(p.clone()));
+    }
+    builder = builder
+        .name(name.clone())
+        // zbus's defaults let a second instance silently steal the names.
+        .allow_name_replacements(false)
+        .replace_existing_names(false);
+    if verbatim != name {
+        builder = builder.name(verbatim);
+    }
+    let connection = builder.build().await.map_err(|e| match e {
+        zbus::Error::NameTaken => ConnectError::NameTaken {
+            board: board.clone(),
+            name: name.clone(),
+            bus: bus.describe(),
+        },
+        other => fail(other),
+    })?;
+    if let Some(p) = power {
+        power::spawn_change_signals(&connection, p)
+            .await
+            .map_err(fail)?;
+    }
+    Ok(connection)
+}
+
+/// Longest off time a caller may ask of `Cycle`; beyond that it is a mistake, not a reset.
+pub const MAX_CYCLE_OFF: Duration = Duration::from_secs(600);

@@ -1,0 +1,124 @@
+//! `rtmd --demo`: a board with simulated hardware, so a newcomer sees rtmd work at once.
+//!
+//! It starts a simulated lab supply on a pseudo-terminal (`config/demo.toml`), picks a bus
+//! (the one asked for; else the session bus if one answers; else a private `dbus-daemon` it
+//! starts and prints), and runs the ordinary daemon on it.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::bus::BusChoice;
+use crate::config;
+use crate::daemon;
+use crate::sim::{Events, pty::Pty, supply};
+
+const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
+
+pub async fn run(bus: Option<BusChoice>) -> ExitCode {
+    match prepare(bus).await {
+        Ok(mut demo) => {
+            let code = daemon::run(demo.config.clone(), &demo.bus).await;
+            if let Some(child) = demo.dbus.as_mut() {
+                let _ = child.kill().await;
+            }
+            let _ = std::fs::remove_dir_all(&demo.dir);
+            code
+        }
+        Err(e) => {
+            eprintln!("rtmd --demo: {e}");
+            ExitCode::from(daemon::EXIT_START_FAILED)
+        }
+    }
+}
+
+struct Demo {
+    dir: PathBuf,
+    config: config::Config,
+    bus: BusChoice,
+    dbus: Option<Child>,
+    _pty: Pty,
+}
+
+async fn prepare(bus: Option<BusChoice>) -> Result<Demo, String> {
+    let dir = std::env::temp_dir().join(format!("rtmd-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+
+    let pty =
+        Pty::open(&dir.join("psu")).map_err(|e| format!("cannot create a pseudo-terminal: {e}"))?;
+    let port = pty.master.try_clone().map_err(|e| e.to_string())?;
+    let model = Arc::new(Mutex::new(supply::SupplyModel::default()));
+    std::thread::spawn(move || {
+        supply::serve(
+            port,
+            supply::Kind::DpmAscii,
+            1,
+            supply::Fault::None,
+            model,
+            Events::log("dpm8605"),
+        )
+    });
+
+    let text = DEMO_CONFIG.replace("{demo_dir}", &dir.display().to_string());
+    let config = config::parse(Path::new("config/demo.toml"), &text).map_err(|e| e.to_string())?;
+
+    let (bus, dbus) = match bus {
+        Some(b) => (b, None),
+        None if session_bus_answers().await => (BusChoice::Session, None),
+        None => {
+            let (child, address) = private_bus(&dir).await?;
+            (BusChoice::Address(address), Some(child))
+        }
+    };
+    let how = match &bus {
+        BusChoice::Address(a) => format!("export RTM_BUS_ADDRESS={a}"),
+        BusChoice::Session => "export RTM_BUS=session".to_string(),
+        BusChoice::System => "export RTM_BUS=system".to_string(),
+    };
+    println!(
+        "rtmd demo: board \"demo\" with a simulated DPM8605 supply on {}",
+        bus.describe()
+    );
+    println!("  in another shell:  {how} RTM_DUT=demo");
+    println!("                     rtmctl power on; rtmctl power status; rtmctl power profile low");
+    println!("  stop with Ctrl-C (the demo switches the board off as it stops)");
+    Ok(Demo {
+        dir,
+        config,
+        bus,
+        dbus,
+        _pty: pty,
+    })
+}
+
+async fn session_bus_answers() -> bool {
+    if std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_none() {
+        return false;
+    }
+    zbus::connection::Builder::session().build().await.is_ok()
+}
+
+/// Starts `dbus-daemon --session` listening in `dir`; returns it and its address.
+async fn private_bus(dir: &Path) -> Result<(Child, String), String> {
+    let mut child = Command::new("dbus-daemon")
+        .args(["--session", "--nofork", "--print-address=1", "--nopidfile"])
+        .arg(format!("--address=unix:path={}/bus", dir.display()))
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("no session bus, and cannot start dbus-daemon ({e}); install the dbus-daemon package"))?;
+    let stdout = child.stdout.take().ok_or("dbus-daemon has no stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .await
+        .map_err(|e| format!("dbus-daemon did not print its address: {e}"))?;
+    let address = line.trim().to_string();
+    if address.is_empty() {
+        return Err("dbus-daemon did not print its address".to_string());
+    }
+    Ok((child, address))
+}

@@ -148,9 +148,9 @@ async fn run(args: &Args) -> Result<String, Failure> {
 
 async fn power(c: &Client, action: &PowerAction) -> Result<String, Failure> {
     match action {
-        PowerAction::On => c.call(POWER, "On", &()).await?,
-        PowerAction::Off => c.call(POWER, "Off", &()).await?,
-        PowerAction::Cycle { off_ms } => c.call(POWER, "Cycle", &(*off_ms,)).await?,
+        PowerAction::On => drop(c.call(POWER, "On", &()).await?),
+        PowerAction::Off => drop(c.call(POWER, "Off", &()).await?),
+        PowerAction::Cycle { off_ms } => drop(c.call(POWER, "Cycle", &(*off_ms,)).await?),
         PowerAction::Voltage { volts } => {
             c.call(POWER, "SetVoltage", &(*volts,)).await?;
             return Ok(format!("{}: voltage setpoint {volts:.2} V", c.board));

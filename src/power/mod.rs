@@ -391,20 +391,24 @@ impl Owner {
                 },
                 // Only supplies are polled: a strip session per second would lock out the
                 // strip's other clients (it serves one session at a time).
-                _ = poll.tick(), if self.is_supply => {
-                    if let Ok(Done::Measured(m)) = self.run_op(Op::Measure).await {
-                        self.status.send_if_modified(|s| {
-                            let mut changed = s.measured != Some(m);
-                            s.measured = Some(m);
-                            if let Some(on) = m.output_on {
-                                changed |= s.state != PowerState::from_bool(on);
-                                s.state = PowerState::from_bool(on);
-                            }
-                            changed
-                        });
-                    }
-                }
+                _ = poll.tick(), if self.is_supply => self.measure().await,
             }
+        }
+    }
+
+    /// Reads a supply's measurements into the status; a failure is already logged and kept
+    /// in `last_error`.
+    async fn measure(&mut self) {
+        if let Ok(Done::Measured(m)) = self.run_op(Op::Measure).await {
+            self.status.send_if_modified(|s| {
+                let mut changed = s.measured != Some(m);
+                s.measured = Some(m);
+                if let Some(on) = m.output_on {
+                    changed |= s.state != PowerState::from_bool(on);
+                    s.state = PowerState::from_bool(on);
+                }
+                changed
+            });
         }
     }
 
@@ -479,6 +483,11 @@ impl Owner {
         info!(subsystem = "power", "power {}", state.as_str());
         self.status
             .send_if_modified(|s| replace(&mut s.state, state));
+        if self.is_supply {
+            // So that a status read right after the switch shows the new output, not the
+            // last poll's.
+            self.measure().await;
+        }
         Ok(state)
     }
 

@@ -1,0 +1,354 @@
+//! Test harness: a private dbus-daemon, rtm-sim simulators, the rtmd daemon and the real
+//! clients (rtmctl, busctl, dbus-send), all as real processes on real transports.
+//!
+//! Waits have deadlines only so that a broken build fails instead of hanging; no test asserts
+//! on timing.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Fails with a clear message when a tool the suite needs is missing (the README's test
+/// command installs them all).
+pub fn require(tool: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found || Path::new(tool).is_file(),
+        "`{tool}` is not installed; run the README's test command (scripts/test), which installs it"
+    );
+}
+
+/// A child process killed when dropped, whose output lines are collected as they come.
+pub struct Proc {
+    pub child: Child,
+    pub lines: Arc<Mutex<Vec<String>>>,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command, capture_stderr: bool) -> Proc {
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+        cmd.stderr(if capture_stderr {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
+        });
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().unwrap();
+        collect(out, lines.clone());
+        if let Some(err) = child.stderr.take() {
+            collect(err, lines.clone());
+        }
+        Proc {
+            child,
+            lines,
+            name: name.to_string(),
+        }
+    }
+
+    /// Waits for a line containing `needle`; returns it.
+    pub fn wait_line(&self, needle: &str) -> String {
+        let start = Instant::now();
+        loop {
+            if let Some(l) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return l.clone();
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "{} never printed {needle:?}; it printed:\n{}",
+                self.name,
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn text(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Lines containing `needle`, in order.
+    pub fn matching(&self, needle: &str) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+
+    pub fn clear(&self) {
+        self.lines.lock().unwrap().clear();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends a signal and waits for the exit status.
+    pub fn signal_and_wait(&mut self, sig: &str) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args([&format!("-{sig}"), &pid])
+            .status()
+            .unwrap();
+        self.wait()
+    }
+
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the reader threads drain the pipes.
+                std::thread::sleep(Duration::from_millis(50));
+                return status;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "{} did not exit:\n{}",
+                self.name,
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn collect(stream: impl Read + Send + 'static, lines: Arc<Mutex<Vec<String>>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            lines.lock().unwrap().push(line);
+        }
+    });
+}
+
+/// A private bus: `dbus-daemon --session` on a socket in a temporary folder.
+pub struct Bus {
+    pub address: String,
+    _proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl Bus {
+    pub fn start() -> Bus {
+        require("dbus-daemon");
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new("dbus-daemon");
+        cmd.args(["--session", "--nofork", "--nopidfile", "--print-address=1"])
+            .arg(format!("--address=unix:path={}/bus", dir.path().display()));
+        let proc = Proc::spawn("dbus-daemon", cmd, true);
+        let address = proc.wait_line("unix:path=").trim().to_string();
+        Bus {
+            address,
+            _proc: proc,
+            _dir: dir,
+        }
+    }
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    match name {
+        "rtmd" => PathBuf::from(env!("CARGO_BIN_EXE_rtmd")),
+        "rtmctl" => PathBuf::from(env!("CARGO_BIN_EXE_rtmctl")),
+        "rtm-sim" => PathBuf::from(env!("CARGO_BIN_EXE_rtm-sim")),
+        other => panic!("no binary {other}"),
+    }
+}
+
+/// Starts an rtm-sim simulator and waits for its ready line; returns it and that line.
+pub fn sim(args: &[&str]) -> (Proc, String) {
+    let mut cmd = Command::new(bin("rtm-sim"));
+    cmd.args(args);
+    let p = Proc::spawn("rtm-sim", cmd, true);
+    let ready = {
+        let start = Instant::now();
+        loop {
+            let first = p.lines.lock().unwrap().first().cloned();
+            if let Some(l) = first {
+                break l;
+            }
+            assert!(start.elapsed() < DEADLINE, "rtm-sim printed nothing");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    assert!(
+        ready.starts_with("listening ") || ready.starts_with("ready "),
+        "rtm-sim: {ready}"
+    );
+    (p, ready)
+}
+
+/// An egpms strip simulator on a free loopback port; returns it and its port.
+pub fn strip(extra: &[&str]) -> (Proc, u16) {
+    let mut args = vec!["egpms", "--listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let (p, ready) = sim(&args);
+    let port = ready.rsplit(':').next().unwrap().parse().unwrap();
+    (p, port)
+}
+
+/// The daemon for one board, with its config in a temporary folder.
+pub struct Daemon {
+    pub proc: Proc,
+    pub dir: tempfile::TempDir,
+    pub board: String,
+    pub bus: String,
+}
+
+impl Daemon {
+    /// Writes `config` and starts rtmd; waits until it is ready on the bus.
+    pub fn start(bus: &Bus, config: &str) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(bus, config, dir)
+    }
+
+    pub fn start_in(bus: &Bus, config: &str, dir: tempfile::TempDir) -> Daemon {
+        let path = dir.path().join("board.toml");
+        std::fs::write(&path, config).unwrap();
+        let board = config
+            .lines()
+            .find_map(|l| l.strip_prefix("name = \""))
+            .and_then(|l| l.strip_suffix('"'))
+            .expect("config has a name line")
+            .to_string();
+        let proc = Self::spawn(&bus.address, &path);
+        proc.wait_line("ready on");
+        Daemon {
+            proc,
+            dir,
+            board,
+            bus: bus.address.clone(),
+        }
+    }
+
+    /// Starts rtmd without waiting for it (for tests of failing starts).
+    pub fn spawn(bus: &str, config: &Path) -> Proc {
+        let mut cmd = Command::new(bin("rtmd"));
+        cmd.arg("--config")
+            .arg(config)
+            .args(["--bus-address", bus, "--log", "stderr"]);
+        cmd.env("RUST_LOG", "info");
+        Proc::spawn("rtmd", cmd, true)
+    }
+
+    pub fn rtmctl(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(bin("rtmctl"));
+        cmd.args(["--bus-address", &self.bus, "--dut", &self.board])
+            .args(args);
+        cmd.env_remove("RTM_DUT")
+            .env_remove("RTM_BUS")
+            .env_remove("RTM_BUS_ADDRESS");
+        cmd.output().unwrap()
+    }
+
+    pub fn busctl(&self, args: &[&str]) -> Output {
+        busctl(&self.bus, args)
+    }
+
+    /// `dbus-send --print-reply` to the board (shows error names, unlike busctl).
+    pub fn dbus_send(&self, member: &str, args: &[&str]) -> Output {
+        let mut cmd = Command::new("dbus-send");
+        cmd.arg(format!("--bus={}", self.bus))
+            .arg("--print-reply")
+            .arg(format!("--dest={}", rtmd::bus::bus_name(&self.board)))
+            .arg("/org/rtmd/Dut1")
+            .arg(member)
+            .args(args);
+        cmd.output().unwrap()
+    }
+
+    pub fn property(&self, iface: &str, name: &str) -> String {
+        let out = self.busctl(&[
+            "get-property",
+            &rtmd::bus::bus_name(&self.board),
+            "/org/rtmd/Dut1",
+            iface,
+            name,
+        ]);
+        assert!(
+            out.status.success(),
+            "get-property {name}: {}",
+            text(&out.stderr)
+        );
+        text(&out.stdout).trim().to_string()
+    }
+}
+
+pub fn busctl(address: &str, args: &[&str]) -> Output {
+    require("busctl");
+    Command::new("busctl")
+        .arg(format!("--address={address}"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Asserts the command succeeded and printed exactly one line; returns it.
+pub fn ok_line(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed ({}): {}{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "expected one line: {stdout:?}");
+    stdout.trim().to_string()
+}
+
+/// Asserts the command failed with `code` and one line on stderr; returns it.
+pub fn err_line(out: &Output, code: i32) -> String {
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout {:?} stderr {stderr:?}",
+        text(&out.stdout)
+    );
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "expected one line on stderr: {stderr:?}"
+    );
+    stderr.trim().to_string()
+}
+
+/// Polls `f` until it returns true (deadline: [`DEADLINE`]).
+pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < DEADLINE, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,253 @@
+//! The egpms backend end to end: rtmd against rtm-sim's Energenie strip over TCP, driven with
+//! rtmctl and busctl; and the simulated strip checked against Debian's real `egctl`.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn egpms_config(port: u16, password_line: &str, extra: &str) -> String {
+    format!(
+        "name = \"rpi4-01\"\n[power]\nbackend = \"egpms\"\nhost = \"127.0.0.1\"\nport = {port}\n\
+         outlet = 2\nmodel = \"pms21\"\n{password_line}\ncycle_off_ms = 50\n\
+         retry_backoff_ms = 20\n{extra}"
+    )
+}
+
+#[test]
+fn switches_the_outlet_and_reports_the_confirmed_state() {
+    let bus = Bus::start();
+    let (strip, port) = strip(&["--password", "hackme"]);
+    let d = Daemon::start(&bus, &egpms_config(port, "password = \"hackme\"", ""));
+    // Starting reads the state (a session) but never switches.
+    d.proc.wait_line("initial state off");
+    assert!(
+        strip.matching("outlet").is_empty(),
+        "start switched: {}",
+        strip.text()
+    );
+    assert!(
+        d.proc.text().contains("inline"),
+        "inline password not warned about"
+    );
+
+    assert_eq!(ok_line(&d.rtmctl(&["power", "on"])), "rpi4-01: power on");
+    assert_eq!(strip.matching("outlet"), ["outlet 2 on"]);
+    assert_eq!(d.property("org.rtmd.Dut1.Power", "State"), "s \"on\"");
+    assert_eq!(
+        ok_line(&d.rtmctl(&["power", "status"])),
+        "rpi4-01: power on"
+    );
+
+    strip.clear();
+    assert_eq!(ok_line(&d.rtmctl(&["power", "cycle"])), "rpi4-01: power on");
+    assert_eq!(strip.matching("outlet"), ["outlet 2 off", "outlet 2 on"]);
+
+    // busctl as the other side of the contract.
+    strip.clear();
+    let out = d.busctl(&[
+        "call",
+        "org.rtmd.Dut1.rpi4_01",
+        "/org/rtmd/Dut1",
+        "org.rtmd.Dut1.Power",
+        "Off",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(strip.matching("outlet"), ["outlet 2 off"]);
+    assert_eq!(
+        ok_line(&d.rtmctl(&["power", "status"])),
+        "rpi4-01: power off"
+    );
+}
+
+#[test]
+fn resends_the_start_byte_to_a_strip_that_ignores_it() {
+    let bus = Bus::start();
+    let (strip, port) = strip(&["--password", "pw", "--ignore-starts", "2"]);
+    let d = Daemon::start(&bus, &egpms_config(port, "password = \"pw\"", ""));
+    assert_eq!(ok_line(&d.rtmctl(&["power", "on"])), "rpi4-01: power on");
+    assert_eq!(strip.matching("outlet"), ["outlet 2 on"]);
+}
+
+#[test]
+fn wrong_password_is_a_named_hardware_error_and_the_daemon_lives_on() {
+    let bus = Bus::start();
+    let (strip, port) = strip(&["--password", "right"]);
+    let mut d = Daemon::start(&bus, &egpms_config(port, "password = \"wrong\"", ""));
+    let line = err_line(&d.rtmctl(&["power", "on"]), 1);
+    assert!(line.contains("did not accept the password"), "{line}");
+    assert!(strip.matching("outlet").is_empty());
+    // Not retried: a wrong password does not get better (one refusal per call, plus the
+    // start-up probe's).
+    assert_eq!(strip.matching("auth refused").len(), 2, "{}", strip.text());
+    let out = d.dbus_send("org.rtmd.Dut1.Power.On", &[]);
+    assert!(
+        text(&out.stderr).contains("org.rtmd.Dut1.Error.Hardware"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(d.proc.is_running());
+    assert_eq!(d.property("org.rtmd.Dut1.Power", "State"), "s \"unknown\"");
+    assert!(
+        d.property("org.rtmd.Dut1.Power", "LastError")
+            .contains("password")
+    );
+}
+
+#[test]
+fn unreachable_strip_fails_after_retries_and_the_daemon_lives_on() {
+    let bus = Bus::start();
+    // A port nobody listens on: bind, note it, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut d = Daemon::start(&bus, &egpms_config(port, "", "retries = 2\n"));
+    let line = err_line(&d.rtmctl(&["power", "off"]), 1);
+    assert!(
+        line.contains("cannot connect") && line.contains("refused"),
+        "{line}"
+    );
+    assert!(
+        d.proc.text().contains("attempt 2 failed"),
+        "no retries: {}",
+        d.proc.text()
+    );
+    assert!(d.proc.is_running());
+}
+
+#[test]
+fn password_from_a_file_and_from_a_systemd_credential() {
+    let bus = Bus::start();
+    let (strip, port) = strip(&["--password", "s3cret"]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pw"), "s3cret\n").unwrap();
+    let d = Daemon::start_in(&bus, &egpms_config(port, "password_file = \"pw\"", ""), dir);
+    assert_eq!(ok_line(&d.rtmctl(&["power", "on"])), "rpi4-01: power on");
+    assert!(!d.proc.text().contains("inline"));
+    drop(d);
+
+    // A credential, as systemd's LoadCredential= provides it.
+    let creds = tempfile::tempdir().unwrap();
+    std::fs::write(creds.path().join("pdu-password"), "s3cret").unwrap();
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let cfg = cfg_dir.path().join("board.toml");
+    std::fs::write(
+        &cfg,
+        egpms_config(port, "password_credential = \"pdu-password\"", ""),
+    )
+    .unwrap();
+    let mut cmd = Command::new(bin("rtmd"));
+    cmd.arg("--config")
+        .arg(&cfg)
+        .args(["--bus-address", &bus.address, "--log", "stderr"]);
+    cmd.env("CREDENTIALS_DIRECTORY", creds.path());
+    let p = Proc::spawn("rtmd", cmd, true);
+    p.wait_line("ready on");
+    let out = Command::new(bin("rtmctl"))
+        .args([
+            "--bus-address",
+            &bus.address,
+            "--dut",
+            "rpi4-01",
+            "power",
+            "off",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(ok_line(&out), "rpi4-01: power off");
+    assert!(
+        strip
+            .matching("outlet")
+            .contains(&"outlet 2 off".to_string())
+    );
+}
+
+#[test]
+fn rtmctl_takes_the_board_from_rtm_dut() {
+    let bus = Bus::start();
+    let (_strip, port) = strip(&[]);
+    let _d = Daemon::start(&bus, &egpms_config(port, "", ""));
+    let out = Command::new(bin("rtmctl"))
+        .args(["power", "on"])
+        .env("RTM_DUT", "rpi4-01")
+        .env("RTM_BUS_ADDRESS", &bus.address)
+        .output()
+        .unwrap();
+    assert_eq!(ok_line(&out), "rpi4-01: power on");
+}
+
+/// Runs Debian's egctl with a private home holding `egtab`: egctl reads `~/.egtab` through
+/// the user database, not `$HOME`, so the home folder is bind-mounted in a mount namespace.
+fn egctl(egtab: &str, args: &[&str]) -> std::process::Output {
+    require("egctl");
+    require("unshare");
+    let home = tempfile::tempdir().unwrap();
+    std::fs::write(home.path().join(".egtab"), egtab).unwrap();
+    let user_home = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .unwrap()
+        .expect("current user in the user database")
+        .dir;
+    let script = format!(
+        "mount --bind '{}' '{}' && exec egctl \"$@\"",
+        home.path().display(),
+        user_home.display()
+    );
+    Command::new("unshare")
+        .args(["-m", "sh", "-c", &script, "egctl"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn simulated_strip_is_faithful_to_debian_egctl() {
+    for (model, on) in [("pms21", ["--on", "3"]), ("pms20", ["--on", "1"])] {
+        let (strip, port) = strip(&["--model", model, "--password", "hackme", on[0], on[1]]);
+        let egtab = format!("lab {model} 127.0.0.1 {port} hackme\n");
+
+        let out = egctl(&egtab, &["lab"]);
+        assert!(out.status.success(), "egctl: {}", text(&out.stderr));
+        let initial = on[1];
+        let expected: Vec<String> = (1..=4)
+            .map(|n| {
+                format!(
+                    "socket {n} - {}",
+                    if n.to_string() == initial {
+                        "on"
+                    } else {
+                        "off"
+                    }
+                )
+            })
+            .collect();
+        assert_eq!(
+            text(&out.stdout).lines().collect::<Vec<_>>(),
+            expected,
+            "{model}"
+        );
+
+        let out = egctl(&egtab, &["lab", "on", "left", "toggle", "off"]);
+        assert!(out.status.success(), "egctl: {}", text(&out.stderr));
+        assert!(strip.matching("outlet 1 on").len() == 1, "{}", strip.text());
+
+        let out = egctl(&egtab, &["lab"]);
+        let states: Vec<String> = text(&out.stdout).lines().map(str::to_string).collect();
+        assert_eq!(states[0], "socket 1 - on");
+        assert_eq!(states[3], "socket 4 - off");
+        // toggle of socket 3: egctl read its state and sent the opposite.
+        let third = if initial == "3" { "off" } else { "on" };
+        assert_eq!(states[2], format!("socket 3 - {third}"), "{model}");
+
+        // A wrong password: the strip stays silent and egctl gives up on its own.
+        let out = egctl(&format!("lab {model} 127.0.0.1 {port} nothack\n"), &["lab"]);
+        assert!(!out.status.success());
+        assert!(
+            strip.matching("auth refused").len() == 1,
+            "{}",
+            strip.text()
+        );
+    }
+}

@@ -641,6 +641,15 @@ fn egpms(
                 format!("cannot read credential {}: {e}", file_path.display()),
             )
         })?
+    } else if let Some(secret) = default_credential() {
+        // systemd/rtmd@.service loads the credential `power-password` when the admin has put
+        // one in a credential store; no config key needed.
+        secret.map_err(|e| {
+            cx.at(
+                &p.backend,
+                format!("cannot read credential {DEFAULT_CREDENTIAL}: {e}"),
+            )
+        })?
     } else {
         Vec::new()
     };
@@ -657,6 +666,15 @@ fn egpms(
         model,
         password,
     })
+}
+
+/// The credential name the shipped unit loads (`LoadCredential=power-password:...`).
+pub const DEFAULT_CREDENTIAL: &str = "power-password";
+
+/// `$CREDENTIALS_DIRECTORY/power-password`, if systemd provided it.
+fn default_credential() -> Option<std::io::Result<Vec<u8>>> {
+    let path = Path::new(&std::env::var_os("CREDENTIALS_DIRECTORY")?).join(DEFAULT_CREDENTIAL);
+    path.exists().then(|| read_secret(&path))
 }
 
 /// A secret file's content, without its single trailing newline.

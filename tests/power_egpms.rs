@@ -251,3 +251,25 @@ fn simulated_strip_is_faithful_to_debian_egctl() {
         );
     }
 }
+
+#[test]
+fn password_from_the_units_default_credential() {
+    let bus = Bus::start();
+    let (strip, port) = strip(&["--password", "fromcred"]);
+    let creds = tempfile::tempdir().unwrap();
+    std::fs::write(creds.path().join("power-password"), "fromcred\n").unwrap();
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let cfg = cfg_dir.path().join("board.toml");
+    std::fs::write(&cfg, egpms_config(port, "", "")).unwrap();
+    let mut cmd = Command::new(bin("rtmd"));
+    cmd.arg("--config").arg(&cfg).args(["--bus-address", &bus.address, "--log", "stderr"]);
+    cmd.env("CREDENTIALS_DIRECTORY", creds.path());
+    let p = Proc::spawn("rtmd", cmd, true);
+    p.wait_line("ready on");
+    let out = Command::new(bin("rtmctl"))
+        .args(["--bus-address", &bus.address, "--dut", "rpi4-01", "power", "on"])
+        .output()
+        .unwrap();
+    assert_eq!(ok_line(&out), "rpi4-01: power on");
+    assert_eq!(strip.matching("outlet"), ["outlet 2 on"]);
+}

@@ -82,7 +82,21 @@ struct Failure {
 const POWER: &str = "org.rtmd.Dut1.Power";
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) if !e.use_stderr() => {
+            // --help, --version
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line, as LAVA logs it; `--help` has the rest.
+            let rendered = e.to_string();
+            let first = rendered.lines().next().unwrap_or("invalid usage");
+            eprintln!("rtmctl: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

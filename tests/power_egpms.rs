@@ -262,12 +262,21 @@ fn password_from_the_units_default_credential() {
     let cfg = cfg_dir.path().join("board.toml");
     std::fs::write(&cfg, egpms_config(port, "", "")).unwrap();
     let mut cmd = Command::new(bin("rtmd"));
-    cmd.arg("--config").arg(&cfg).args(["--bus-address", &bus.address, "--log", "stderr"]);
+    cmd.arg("--config")
+        .arg(&cfg)
+        .args(["--bus-address", &bus.address, "--log", "stderr"]);
     cmd.env("CREDENTIALS_DIRECTORY", creds.path());
     let p = Proc::spawn("rtmd", cmd, true);
     p.wait_line("ready on");
     let out = Command::new(bin("rtmctl"))
-        .args(["--bus-address", &bus.address, "--dut", "rpi4-01", "power", "on"])
+        .args([
+            "--bus-address",
+            &bus.address,
+            "--dut",
+            "rpi4-01",
+            "power",
+            "on",
+        ])
         .output()
         .unwrap();
     assert_eq!(ok_line(&out), "rpi4-01: power on");

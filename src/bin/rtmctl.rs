@@ -92,8 +92,12 @@ fn main() -> ExitCode {
         Err(e) => {
             // One line, as LAVA logs it; `--help` has the rest.
             let rendered = e.to_string();
-            let first = rendered.lines().next().unwrap_or("invalid usage");
-            eprintln!("rtmctl: {}", first.trim_start_matches("error: "));
+            let first: Vec<&str> = rendered
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            eprintln!("rtmctl: {}", first.join(" ").trim_start_matches("error: "));
             return ExitCode::from(2);
         }
     };

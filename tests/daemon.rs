@@ -1,0 +1,263 @@
+//! The daemon and its contracts as a whole: config checking, start-up failures, the bus
+//! names, introspection, and rtmctl's exit statuses when things are missing.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn check(config: &str) -> (std::process::Output, std::path::PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("board.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(bin("rtmd"))
+        .arg("--config")
+        .arg(&path)
+        .arg("--check")
+        .output()
+        .unwrap();
+    (out, path, dir)
+}
+
+#[test]
+fn check_accepts_the_shipped_examples() {
+    for example in std::fs::read_dir("config").unwrap() {
+        let path = example.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") || path.ends_with("demo.toml") {
+            continue;
+        }
+        let out = Command::new(bin("rtmd"))
+            .arg("--config")
+            .arg(&path)
+            .arg("--check")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stdout).contains(": ok (board "),
+            "{}",
+            text(&out.stdout)
+        );
+    }
+}
+
+#[test]
+fn check_reports_mistakes_with_file_line_column() {
+    let cases = [
+        (
+            "name = \"b\"\n[power]\nbackend = \"egpms\"\nhost = \"h\"\noutlet = 1\nvolume = 11\n",
+            ":6:1: unknown field `volume`",
+        ),
+        (
+            "name = \"b\"\n[power]\nbackend = \"egpms\"\nhost = \"h\"\noutlet = \"1\"\n",
+            ":5:10: invalid type: string \"1\", expected u16",
+        ),
+        (
+            "name = \"Board 1\"\n",
+            ":1:8: invalid board name \"Board 1\"",
+        ),
+        (
+            "name = \"b\"\n[power]\nbackend = \"egpms\"\nhost = \"h\"\noutlet = 1\npassword_file = \"missing\"\n",
+            ":6:17: cannot read password file",
+        ),
+        (
+            "name = \"b\"\n[power]\nbackend = \"dpm86xx\"\ndevice = \"/dev/x\"\nvoltage = 5.0\ncurrent_limit = 1.0\nvoltage_range = [4.0, 5.5]\nprofiles = { high = 9.0 }\n",
+            ":8:21: profile \"high\" 9 V is outside voltage_range",
+        ),
+    ];
+    for (config, expected) in cases {
+        let (out, path, _dir) = check(config);
+        assert_eq!(out.status.code(), Some(2), "{config}");
+        let stderr = text(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.starts_with(&format!("{}{expected}", path.display())),
+            "got {stderr:?}, want {expected:?}"
+        );
+    }
+    let out = Command::new(bin("rtmd"))
+        .args(["--config", "/nonexistent.toml", "--check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("/nonexistent.toml:1:1: cannot read the config file"));
+}
+
+#[test]
+fn a_bad_config_stops_the_start_with_status_2() {
+    let (_, path, _dir) = check("name = \"b\"\n[power]\nbackend = \"relay\"\n");
+    let bus = Bus::start();
+    let mut p = Daemon::spawn(&bus.address, &path);
+    assert_eq!(p.wait().code(), Some(2));
+    assert!(
+        p.text().contains("unknown power backend \"relay\""),
+        "{}",
+        p.text()
+    );
+}
+
+#[test]
+fn a_second_daemon_for_the_same_board_is_refused() {
+    let bus = Bus::start();
+    let config = "name = \"rpi4-01\"\n[power]\nbackend = \"command\"\non_command = \"true\"\noff_command = \"true\"\n";
+    let first = Daemon::start(&bus, config);
+    let path = first.dir.path().join("board.toml");
+    let mut second = Daemon::spawn(&bus.address, &path);
+    assert_eq!(second.wait().code(), Some(1));
+    assert!(
+        second.text().contains(
+            "another rtmd already serves board rpi4-01: the bus name org.rtmd.Dut1.rpi4_01 is taken"
+        ),
+        "{}",
+        second.text()
+    );
+    // The first one still answers, under both spellings of its name.
+    assert_eq!(
+        ok_line(&first.rtmctl(&["power", "on"])),
+        "rpi4-01: power on"
+    );
+    let out = first.busctl(&[
+        "get-property",
+        "org.rtmd.Dut1.rpi4-01",
+        "/org/rtmd/Dut1",
+        "org.rtmd.Dut1",
+        "Name",
+    ]);
+    assert_eq!(text(&out.stdout).trim(), "s \"rpi4-01\"");
+}
+
+#[test]
+fn introspection_shows_the_contract_with_argument_names() {
+    let bus = Bus::start();
+    let config = "name = \"b\"\n[power]\nbackend = \"command\"\non_command = \"true\"\noff_command = \"true\"\n";
+    let d = Daemon::start(&bus, config);
+    let out = d.busctl(&[
+        "introspect",
+        "--xml-interface",
+        "org.rtmd.Dut1.b",
+        "/org/rtmd/Dut1",
+    ]);
+    let xml = text(&out.stdout);
+    for needle in [
+        r#"<interface name="org.rtmd.Dut1">"#,
+        r#"<property name="Subsystems" type="as" access="read">"#,
+        r#"<interface name="org.rtmd.Dut1.Power">"#,
+        r#"<method name="Cycle">"#,
+        r#"<arg name="off_ms" type="u" direction="in"/>"#,
+        r#"<arg name="volts" type="d" direction="in"/>"#,
+        r#"<arg name="name" type="s" direction="in"/>"#,
+        r#"<property name="State" type="s" access="read"/>"#,
+    ] {
+        assert!(xml.contains(needle), "missing {needle} in\n{xml}");
+    }
+    assert_eq!(d.property("org.rtmd.Dut1", "Subsystems"), "as 1 \"power\"");
+    assert_eq!(
+        d.property("org.rtmd.Dut1.Power", "Backend"),
+        "s \"command\""
+    );
+    // Supply-only properties on a switch are a named error, not a made-up number.
+    let out = d.dbus_send(
+        "org.freedesktop.DBus.Properties.Get",
+        &["string:org.rtmd.Dut1.Power", "string:Voltage"],
+    );
+    assert!(
+        text(&out.stderr).contains("org.rtmd.Dut1.Error.NotConfigured"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_board_without_power_has_no_power_interface() {
+    let bus = Bus::start();
+    let d = Daemon::start(&bus, "name = \"bare\"\n");
+    assert_eq!(d.property("org.rtmd.Dut1", "Subsystems"), "as 0");
+    let line = err_line(&d.rtmctl(&["power", "on"]), 2);
+    assert!(
+        line.starts_with("rtmctl: bare: not configured on this board"),
+        "{line}"
+    );
+}
+
+#[test]
+fn rtmctl_without_a_daemon_or_a_bus_says_so_in_one_line() {
+    let bus = Bus::start();
+    let out = Command::new(bin("rtmctl"))
+        .args([
+            "--bus-address",
+            &bus.address,
+            "--dut",
+            "ghost",
+            "power",
+            "on",
+        ])
+        .output()
+        .unwrap();
+    let line = err_line(&out, 1);
+    assert!(line.contains("no rtmd serves board ghost"), "{line}");
+    let out = Command::new(bin("rtmctl"))
+        .args([
+            "--bus-address",
+            "unix:path=/nonexistent/bus",
+            "--dut",
+            "ghost",
+            "power",
+            "on",
+        ])
+        .output()
+        .unwrap();
+    let line = err_line(&out, 1);
+    assert!(
+        line.contains("cannot connect to the bus at unix:path=/nonexistent/bus"),
+        "{line}"
+    );
+    let out = Command::new(bin("rtmctl"))
+        .args(["power", "on"])
+        .env_remove("RTM_DUT")
+        .output()
+        .unwrap();
+    let line = err_line(&out, 2);
+    assert!(line.contains("--dut"), "{line}");
+}
+
+#[test]
+fn demo_runs_on_a_private_bus_and_switches_off_on_stop() {
+    let mut cmd = Command::new(bin("rtmd"));
+    cmd.args(["--demo", "--log", "stderr"])
+        .env_remove("DBUS_SESSION_BUS_ADDRESS");
+    let mut demo = Proc::spawn("rtmd --demo", cmd, true);
+    let line = demo.wait_line("export RTM_BUS_ADDRESS=");
+    let address = line
+        .split("RTM_BUS_ADDRESS=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    demo.wait_line("ready on");
+    let rtmctl = |args: &[&str]| {
+        Command::new(bin("rtmctl"))
+            .args(["--bus-address", &address, "--dut", "demo"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(ok_line(&rtmctl(&["power", "on"])).starts_with("demo: power on, 5.10 V"));
+    assert_eq!(
+        ok_line(&rtmctl(&["power", "profile", "low"])),
+        "demo: profile low, 4.60 V"
+    );
+    assert!(demo.signal_and_wait("INT").success());
+    assert!(
+        demo.text().contains("dpm8605: output off"),
+        "{}",
+        demo.text()
+    );
+}

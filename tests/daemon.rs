@@ -261,3 +261,44 @@ fn demo_runs_on_a_private_bus_and_switches_off_on_stop() {
         demo.text()
     );
 }
+
+#[test]
+fn speaks_sd_notify_ready_status_watchdog_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let bus = Bus::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(DEADLINE)).unwrap();
+    let cfg = dir.path().join("board.toml");
+    std::fs::write(&cfg, "name = \"b\"\n[power]\nbackend = \"command\"\non_command = \"true\"\noff_command = \"true\"\n").unwrap();
+    let mut cmd = Command::new(bin("rtmd"));
+    cmd.arg("--config")
+        .arg(&cfg)
+        .args(["--bus-address", &bus.address, "--log", "stderr"]);
+    cmd.env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "200000");
+    let mut p = Proc::spawn("rtmd", cmd, true);
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 512];
+    while !(seen.iter().any(|m: &String| m == "WATCHDOG=1")
+        && seen.iter().any(|m| m.starts_with("STATUS=power")))
+    {
+        let n = sock.recv(&mut buf).expect("no sd_notify message");
+        seen.push(String::from_utf8_lossy(&buf[..n]).trim().to_string());
+    }
+    assert_eq!(seen[0], "READY=1", "{seen:?}");
+    p.signal_and_wait("TERM");
+    let mut rest = Vec::new();
+    while let Ok(n) = sock.recv(&mut buf) {
+        rest.push(String::from_utf8_lossy(&buf[..n]).trim().to_string());
+        if rest.last().is_some_and(|m| m == "STOPPING=1") {
+            break;
+        }
+    }
+    assert_eq!(
+        rest.last().map(String::as_str),
+        Some("STOPPING=1"),
+        "{rest:?}"
+    );
+}

@@ -179,7 +179,7 @@ async fn power(c: &Client, action: &PowerAction) -> Result<String, Failure> {
         }
         PowerAction::Profile { name } => {
             let reply = c.call(POWER, "ApplyProfile", &(name.as_str(),)).await?;
-            let volts: f64 = reply.body().deserialize().map_err(|e| c.fail(e.into()))?;
+            let volts: f64 = reply.body().deserialize().map_err(|e| c.fail(e))?;
             return Ok(format!("{}: profile {name}, {volts:.2} V", c.board));
         }
         PowerAction::Status => {}
@@ -217,10 +217,7 @@ impl Client {
         let reply = self
             .call("org.freedesktop.DBus.Properties", "Get", &(iface, name))
             .await?;
-        let value: OwnedVariant = reply
-            .body()
-            .deserialize()
-            .map_err(|e| self.fail(e.into()))?;
+        let value: OwnedVariant = reply.body().deserialize().map_err(|e| self.fail(e))?;
         T::try_from(value).map_err(|e| Failure {
             code: 1,
             message: format!("property {name}: {e}"),

@@ -216,7 +216,9 @@ mod tests {
     #[test]
     fn test_vectors() {
         // docs/protocols/energenie-egpms.md, "Test vectors".
-        let cases: [(&[u8], [u8; 4], [u8; 4], [u8; 4], [u8; 4]); 2] = [
+        // (password, task, response, status on the wire, control on the wire)
+        type Vector = (&'static [u8], [u8; 4], [u8; 4], [u8; 4], [u8; 4]);
+        let cases: [Vector; 2] = [
             (
                 b"hackme",
                 [0x01, 0x02, 0x03, 0x04],

@@ -341,7 +341,8 @@ fn read_register(kind: Kind, m: &SupplyModel, r: u16) -> Option<u16> {
                 14 => 2400,
                 17 => u16::from(m.output && mi >= m.current_set),
                 riden_reg::OUTPUT => u16::from(m.output),
-                0..=99 => 0,
+                // The rest of the documented register block reads as zero.
+                1..=99 => 0,
                 _ => return None,
             })
         }

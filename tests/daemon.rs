@@ -249,7 +249,11 @@ fn demo_runs_on_a_private_bus_and_switches_off_on_stop() {
             .output()
             .unwrap()
     };
-    assert!(ok_line(&rtmctl(&["power", "on"])).starts_with("demo: power on, 5.10 V"));
+    assert_eq!(ok_line(&rtmctl(&["power", "on"])), "demo: power on");
+    assert_eq!(
+        ok_line(&rtmctl(&["power", "status"])),
+        "demo: power on, 5.10 V, 0.510 A (setpoint 5.10 V)"
+    );
     assert_eq!(
         ok_line(&rtmctl(&["power", "profile", "low"])),
         "demo: profile low, 4.60 V"

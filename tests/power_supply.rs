@@ -66,11 +66,7 @@ fn setpoints_go_out_before_the_output_and_measurements_come_back() {
             r.sim.text()
         );
 
-        assert_eq!(
-            ok_line(&d.rtmctl(&["power", "on"])),
-            "bench-1: power on, 5.10 V, 0.510 A (setpoint 5.10 V)",
-            "{backend} {sim_args:?}"
-        );
+        assert_eq!(ok_line(&d.rtmctl(&["power", "on"])), "bench-1: power on");
         // The panel was left at 12 V: voltage and limit must be written before the output.
         assert_eq!(
             r.sim.lines.lock().unwrap()[1..].to_vec(),
@@ -111,10 +107,7 @@ fn setpoints_go_out_before_the_output_and_measurements_come_back() {
             d.property("org.rtmd.Dut1.Power", "VoltageSetpoint"),
             "d 5.5"
         );
-        assert_eq!(
-            ok_line(&d.rtmctl(&["power", "off"])),
-            "bench-1: power off, 0.00 V, 0.000 A (setpoint 5.50 V)"
-        );
+        assert_eq!(ok_line(&d.rtmctl(&["power", "off"])), "bench-1: power off");
         assert_eq!(r.sim.matching("output"), ["output off at 5.50 V"]);
     }
 }

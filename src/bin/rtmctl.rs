@@ -4,6 +4,7 @@
 //! (hardware, timeout, daemon not running), 2 on a usage or configuration error, 3 when the
 //! board is held by someone else; on failure one line on stderr says why.
 
+use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -165,32 +166,57 @@ async fn run(args: &Args) -> Result<String, Failure> {
 }
 
 async fn power(c: &Client, action: &PowerAction) -> Result<String, Failure> {
+    // A switch returns only once the hardware confirmed it: its success is the new state,
+    // no need to ask again (LAVA runs these hooks often; each round trip counts).
+    let switched = |state: &str| Ok(format!("{}: power {state}", c.board));
     match action {
-        PowerAction::On => drop(c.call(POWER, "On", &()).await?),
-        PowerAction::Off => drop(c.call(POWER, "Off", &()).await?),
-        PowerAction::Cycle { off_ms } => drop(c.call(POWER, "Cycle", &(*off_ms,)).await?),
+        PowerAction::On => {
+            c.call(POWER, "On", &()).await?;
+            switched("on")
+        }
+        PowerAction::Off => {
+            c.call(POWER, "Off", &()).await?;
+            switched("off")
+        }
+        PowerAction::Cycle { off_ms } => {
+            c.call(POWER, "Cycle", &(*off_ms,)).await?;
+            switched("on")
+        }
         PowerAction::Voltage { volts } => {
             c.call(POWER, "SetVoltage", &(*volts,)).await?;
-            return Ok(format!("{}: voltage setpoint {volts:.2} V", c.board));
+            Ok(format!("{}: voltage setpoint {volts:.2} V", c.board))
         }
         PowerAction::Current { amps } => {
             c.call(POWER, "SetCurrentLimit", &(*amps,)).await?;
-            return Ok(format!("{}: current limit {amps:.3} A", c.board));
+            Ok(format!("{}: current limit {amps:.3} A", c.board))
         }
         PowerAction::Profile { name } => {
             let reply = c.call(POWER, "ApplyProfile", &(name.as_str(),)).await?;
             let volts: f64 = reply.body().deserialize().map_err(|e| c.fail(e))?;
-            return Ok(format!("{}: profile {name}, {volts:.2} V", c.board));
+            Ok(format!("{}: profile {name}, {volts:.2} V", c.board))
         }
-        PowerAction::Status => {}
+        PowerAction::Status => status(c).await,
     }
-    let state: String = c.property(POWER, "State").await?;
+}
+
+/// One GetAll: the state, and for a lab supply the measurements and setpoint.
+async fn status(c: &Client) -> Result<String, Failure> {
+    let reply = c
+        .call("org.freedesktop.DBus.Properties", "GetAll", &(POWER,))
+        .await?;
+    let props: HashMap<String, OwnedVariant> = reply.body().deserialize().map_err(|e| c.fail(e))?;
+    let get = |name: &str| props.get(name).and_then(|v| v.try_clone().ok());
+    let state = get("State")
+        .and_then(|v| String::try_from(v).ok())
+        .unwrap_or_else(|| "unknown".to_string());
+    let number = |name: &str| get(name).and_then(|v| f64::try_from(v).ok());
     let mut line = format!("{}: power {state}", c.board);
-    // Supplies have measurements; a plain switch answers NotConfigured and shows only state.
-    if let Ok(setpoint) = c.property::<f64>(POWER, "VoltageSetpoint").await {
-        let volts: f64 = c.property(POWER, "Voltage").await?;
-        let amps: f64 = c.property(POWER, "Current").await?;
-        if volts.is_finite() && amps.is_finite() {
+    // GetAll leaves out what a plain switch does not have.
+    if let Some(setpoint) = number("VoltageSetpoint") {
+        if let (Some(volts), Some(amps)) = (number("Voltage"), number("Current"))
+            && volts.is_finite()
+            && amps.is_finite()
+        {
             line.push_str(&format!(", {volts:.2} V, {amps:.3} A"));
         }
         line.push_str(&format!(" (setpoint {setpoint:.2} V)"));
@@ -207,21 +233,6 @@ impl Client {
             .call_method(Some(self.dest.as_str()), PATH, Some(iface), method, body)
             .await
             .map_err(|e| self.fail(e))
-    }
-
-    async fn property<T>(&self, iface: &str, name: &str) -> Result<T, Failure>
-    where
-        T: TryFrom<OwnedVariant>,
-        <T as TryFrom<OwnedVariant>>::Error: std::fmt::Display,
-    {
-        let reply = self
-            .call("org.freedesktop.DBus.Properties", "Get", &(iface, name))
-            .await?;
-        let value: OwnedVariant = reply.body().deserialize().map_err(|e| self.fail(e))?;
-        T::try_from(value).map_err(|e| Failure {
-            code: 1,
-            message: format!("property {name}: {e}"),
-        })
     }
 
     /// Maps a D-Bus error to an exit status and one line.

@@ -444,6 +444,7 @@ impl Owner {
                     info!(subsystem = "power", "voltage setpoint {volts:.2} V");
                     self.status
                         .send_if_modified(|s| replace(&mut s.voltage_setpoint, volts));
+                    self.measure().await;
                 }
                 let _ = reply.send(result);
             }
@@ -453,6 +454,7 @@ impl Owner {
                     info!(subsystem = "power", "current limit {amps:.3} A");
                     self.status
                         .send_if_modified(|s| replace(&mut s.current_limit, amps));
+                    self.measure().await;
                 }
                 let _ = reply.send(result);
             }

@@ -130,21 +130,40 @@ fn password_from_a_file_and_from_a_systemd_credential() {
     drop(d);
 
     // A credential, as systemd's LoadCredential= provides it.
+    with_credential(
+        &bus,
+        port,
+        "password_credential = \"pdu-password\"",
+        "pdu-password",
+        "s3cret",
+        "off",
+    );
+    assert!(
+        strip
+            .matching("outlet")
+            .contains(&"outlet 2 off".to_string())
+    );
+}
+
+/// Runs rtmd with `$CREDENTIALS_DIRECTORY` holding `name` = `secret`, and switches once.
+fn with_credential(
+    bus: &Bus,
+    port: u16,
+    password_line: &str,
+    name: &str,
+    secret: &str,
+    action: &str,
+) {
     let creds = tempfile::tempdir().unwrap();
-    std::fs::write(creds.path().join("pdu-password"), "s3cret").unwrap();
+    std::fs::write(creds.path().join(name), secret).unwrap();
     let cfg_dir = tempfile::tempdir().unwrap();
     let cfg = cfg_dir.path().join("board.toml");
-    std::fs::write(
+    std::fs::write(&cfg, egpms_config(port, password_line, "")).unwrap();
+    let p = Daemon::spawn_env(
+        &bus.address,
         &cfg,
-        egpms_config(port, "password_credential = \"pdu-password\"", ""),
-    )
-    .unwrap();
-    let mut cmd = Command::new(bin("rtmd"));
-    cmd.arg("--config")
-        .arg(&cfg)
-        .args(["--bus-address", &bus.address, "--log", "stderr"]);
-    cmd.env("CREDENTIALS_DIRECTORY", creds.path());
-    let p = Proc::spawn("rtmd", cmd, true);
+        &[("CREDENTIALS_DIRECTORY", creds.path())],
+    );
     p.wait_line("ready on");
     let out = Command::new(bin("rtmctl"))
         .args([
@@ -153,16 +172,11 @@ fn password_from_a_file_and_from_a_systemd_credential() {
             "--dut",
             "rpi4-01",
             "power",
-            "off",
+            action,
         ])
         .output()
         .unwrap();
-    assert_eq!(ok_line(&out), "rpi4-01: power off");
-    assert!(
-        strip
-            .matching("outlet")
-            .contains(&"outlet 2 off".to_string())
-    );
+    assert_eq!(ok_line(&out), format!("rpi4-01: power {action}"));
 }
 
 #[test]
@@ -256,29 +270,6 @@ fn simulated_strip_is_faithful_to_debian_egctl() {
 fn password_from_the_units_default_credential() {
     let bus = Bus::start();
     let (strip, port) = strip(&["--password", "fromcred"]);
-    let creds = tempfile::tempdir().unwrap();
-    std::fs::write(creds.path().join("power-password"), "fromcred\n").unwrap();
-    let cfg_dir = tempfile::tempdir().unwrap();
-    let cfg = cfg_dir.path().join("board.toml");
-    std::fs::write(&cfg, egpms_config(port, "", "")).unwrap();
-    let mut cmd = Command::new(bin("rtmd"));
-    cmd.arg("--config")
-        .arg(&cfg)
-        .args(["--bus-address", &bus.address, "--log", "stderr"]);
-    cmd.env("CREDENTIALS_DIRECTORY", creds.path());
-    let p = Proc::spawn("rtmd", cmd, true);
-    p.wait_line("ready on");
-    let out = Command::new(bin("rtmctl"))
-        .args([
-            "--bus-address",
-            &bus.address,
-            "--dut",
-            "rpi4-01",
-            "power",
-            "on",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(ok_line(&out), "rpi4-01: power on");
+    with_credential(&bus, port, "", "power-password", "fromcred\n", "on");
     assert_eq!(strip.matching("outlet"), ["outlet 2 on"]);
 }

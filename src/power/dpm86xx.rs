@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_serial::SerialStream;
 
 use super::serial::{self, ModbusLink, REPLY_TIMEOUT};
-use super::{Measurement, PowerError, PowerState, PowerSupply, PowerSwitch};
+use super::{Measurement, PowerError, PowerState, PowerSupply, PowerSwitch, output_state};
 use crate::config::{DpmProtocol, SupplyConfig};
 
 /// ASCII function numbers.
@@ -180,13 +180,7 @@ impl PowerSwitch for Dpm86xx {
     }
 
     async fn state(&mut self) -> Result<PowerState, PowerError> {
-        match self.read(func::OUTPUT, reg::OUTPUT).await? {
-            0 => Ok(PowerState::Off),
-            1 => Ok(PowerState::On),
-            other => Err(PowerError::Protocol(format!(
-                "output state {other} is neither 0 nor 1"
-            ))),
-        }
+        output_state(self.read(func::OUTPUT, reg::OUTPUT).await?)
     }
 
     fn as_supply(&mut self) -> Option<&mut dyn PowerSupply> {

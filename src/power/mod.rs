@@ -558,6 +558,17 @@ impl Owner {
     }
 }
 
+/// A supply's output register: 0 off, 1 on, anything else a protocol error.
+pub fn output_state(raw: u16) -> Result<PowerState, PowerError> {
+    match raw {
+        0 => Ok(PowerState::Off),
+        1 => Ok(PowerState::On),
+        other => Err(PowerError::Protocol(format!(
+            "output state {other} is neither 0 nor 1"
+        ))),
+    }
+}
+
 /// Replaces `slot` with `value`; true if that changed anything (for `send_if_modified`).
 fn replace<T: PartialEq>(slot: &mut T, value: T) -> bool {
     if *slot == value {

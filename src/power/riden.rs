@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 
 use super::serial::ModbusLink;
-use super::{Measurement, PowerError, PowerState, PowerSupply, PowerSwitch};
+use super::{Measurement, PowerError, PowerState, PowerSupply, PowerSwitch, output_state};
 use crate::config::SupplyConfig;
 
 pub mod reg {
@@ -82,13 +82,7 @@ impl PowerSwitch for Riden {
     }
 
     async fn state(&mut self) -> Result<PowerState, PowerError> {
-        match self.link.read(reg::OUTPUT, 1).await?[0] {
-            0 => Ok(PowerState::Off),
-            1 => Ok(PowerState::On),
-            other => Err(PowerError::Protocol(format!(
-                "output state {other} is neither 0 nor 1"
-            ))),
-        }
+        output_state(self.link.read(reg::OUTPUT, 1).await?[0])
     }
 
     fn as_supply(&mut self) -> Option<&mut dyn PowerSupply> {

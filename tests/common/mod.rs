@@ -249,11 +249,19 @@ impl Daemon {
 
     /// Starts rtmd without waiting for it (for tests of failing starts).
     pub fn spawn(bus: &str, config: &Path) -> Proc {
+        Self::spawn_env(bus, config, &[])
+    }
+
+    /// Starts rtmd with extra environment variables (e.g. `CREDENTIALS_DIRECTORY`).
+    pub fn spawn_env(bus: &str, config: &Path, env: &[(&str, &Path)]) -> Proc {
         let mut cmd = Command::new(bin("rtmd"));
         cmd.arg("--config")
             .arg(config)
             .args(["--bus-address", bus, "--log", "stderr"]);
         cmd.env("RUST_LOG", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         Proc::spawn("rtmd", cmd, true)
     }
 

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -48,6 +49,7 @@ pub struct Config {
     /// Board name, `[a-z][a-z0-9_-]*`.
     pub name: String,
     pub power: Option<PowerConfig>,
+    pub console: Option<ConsoleConfig>,
     /// Sections of the config contract that a later subsystem will own; kept so that a
     /// complete lab config validates today. The daemon warns that they are not served yet.
     pub pending_sections: Vec<&'static str>,
@@ -155,6 +157,52 @@ pub struct SupplyConfig {
     pub profiles: BTreeMap<String, f64>,
 }
 
+/// The `[console]` section: the board's serial console and who may reach it.
+#[derive(Debug, Clone)]
+pub struct ConsoleConfig {
+    pub device: PathBuf,
+    pub baud: u32,
+    pub data_bits: u8,
+    pub parity: Parity,
+    pub stop_bits: u8,
+    pub flow_control: FlowControl,
+    /// Telnet-protocol listener (LAVA's telnet connection, people with `telnet`).
+    pub tcp: Option<SocketAddr>,
+    /// Raw-bytes listener (socat, nc, scripts).
+    pub tcp_raw: Option<SocketAddr>,
+    /// Raw-bytes unix socket.
+    pub unix: Option<PathBuf>,
+    pub log_dir: Option<PathBuf>,
+    pub log_max_bytes: u64,
+    pub log_keep: u32,
+    pub input: ConsoleInput,
+    /// Output a client may have queued before it is disconnected as too slow.
+    pub client_buffer: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parity {
+    None,
+    Odd,
+    Even,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowControl {
+    None,
+    Hardware,
+    Software,
+}
+
+/// Who may type into the console.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsoleInput {
+    /// Every client.
+    All,
+    /// Only the longest-connected client; the others read.
+    First,
+}
+
 #[derive(Debug, Clone)]
 pub struct PdudaemonConfig {
     pub host: String,
@@ -231,12 +279,21 @@ struct RawPower {
 // those) so that a full lab config validates now.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
 struct RawConsole {
-    device: S<String>,
+    device: Spanned<String>,
     baud: S<u32>,
+    data_bits: S<u8>,
+    parity: S<String>,
+    stop_bits: S<u8>,
+    flow_control: S<String>,
     tcp: S<String>,
+    tcp_raw: S<String>,
+    unix: S<String>,
     log_dir: S<String>,
+    log_max_bytes: S<u64>,
+    log_keep: S<u32>,
+    input: S<String>,
+    client_buffer_kib: S<u32>,
 }
 
 #[derive(Deserialize)]
@@ -371,8 +428,11 @@ fn validate(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         Some(p) => Some(validate_power(cx, p, &mut warnings)?),
         None => None,
     };
+    let console = match &raw.console {
+        Some(c) => Some(validate_console(cx, c)?),
+        None => None,
+    };
     let pending_sections = [
-        ("console", raw.console.is_some()),
         ("images", raw.images.is_some()),
         ("nbd", raw.nbd.is_some()),
         ("storage", raw.storage.is_some()),
@@ -386,8 +446,134 @@ fn validate(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         path: cx.path.to_path_buf(),
         name: raw.name.into_inner(),
         power,
+        console,
         pending_sections,
         warnings,
+    })
+}
+
+/// Picks one of `choices` (config word, value) for an optional string key.
+fn choose<T: Copy>(
+    cx: &Cx<'_>,
+    v: &S<String>,
+    key: &str,
+    default: T,
+    choices: &[(&str, T)],
+) -> Result<T, ConfigError> {
+    let Some(v) = v else { return Ok(default) };
+    choices
+        .iter()
+        .find(|(word, _)| *word == v.get_ref())
+        .map(|(_, t)| *t)
+        .ok_or_else(|| {
+            let words: Vec<String> = choices.iter().map(|(w, _)| format!("\"{w}\"")).collect();
+            cx.at(
+                v,
+                format!(
+                    "invalid {key} {:?}: expected {}",
+                    v.get_ref(),
+                    words.join(", ")
+                ),
+            )
+        })
+}
+
+fn socket_addr(cx: &Cx<'_>, v: &S<String>, key: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    let Some(v) = v else { return Ok(None) };
+    v.get_ref().parse().map(Some).map_err(|_| {
+        cx.at(
+            v,
+            format!(
+                "invalid {key} {:?}: expected an IP address and port, like \"127.0.0.1:2000\"",
+                v.get_ref()
+            ),
+        )
+    })
+}
+
+fn validate_console(cx: &Cx<'_>, c: &RawConsole) -> Result<ConsoleConfig, ConfigError> {
+    let data_bits = c.data_bits.as_ref().map_or(8, |v| *v.get_ref());
+    if let Some(v) = &c.data_bits
+        && !(5..=8).contains(&data_bits)
+    {
+        return Err(cx.at(v, "data_bits must be 5, 6, 7 or 8"));
+    }
+    let stop_bits = c.stop_bits.as_ref().map_or(1, |v| *v.get_ref());
+    if let Some(v) = &c.stop_bits
+        && !(1..=2).contains(&stop_bits)
+    {
+        return Err(cx.at(v, "stop_bits must be 1 or 2"));
+    }
+    if let Some(v) = &c.baud
+        && *v.get_ref() == 0
+    {
+        return Err(cx.at(v, "baud must be greater than 0"));
+    }
+    let tcp = socket_addr(cx, &c.tcp, "tcp")?;
+    let tcp_raw = socket_addr(cx, &c.tcp_raw, "tcp_raw")?;
+    if let (Some(a), Some(b), Some(v)) = (tcp, tcp_raw, &c.tcp_raw)
+        && a == b
+    {
+        return Err(cx.at(v, "tcp_raw must differ from tcp"));
+    }
+    if let Some(v) = &c.log_keep
+        && *v.get_ref() > 100
+    {
+        return Err(cx.at(v, "log_keep must be at most 100"));
+    }
+    let log_max_bytes = c.log_max_bytes.as_ref().map_or(16 << 20, |v| *v.get_ref());
+    if let Some(v) = &c.log_max_bytes
+        && log_max_bytes < 4096
+    {
+        return Err(cx.at(v, "log_max_bytes must be at least 4096"));
+    }
+    let client_kib = c.client_buffer_kib.as_ref().map_or(1024, |v| *v.get_ref());
+    if let Some(v) = &c.client_buffer_kib
+        && !(16..=1 << 20).contains(&client_kib)
+    {
+        return Err(cx.at(v, "client_buffer_kib must be between 16 and 1048576"));
+    }
+    Ok(ConsoleConfig {
+        device: PathBuf::from(c.device.get_ref()),
+        baud: c.baud.as_ref().map_or(115_200, |v| *v.get_ref()),
+        data_bits,
+        parity: choose(
+            cx,
+            &c.parity,
+            "parity",
+            Parity::None,
+            &[
+                ("none", Parity::None),
+                ("odd", Parity::Odd),
+                ("even", Parity::Even),
+            ],
+        )?,
+        stop_bits,
+        flow_control: choose(
+            cx,
+            &c.flow_control,
+            "flow_control",
+            FlowControl::None,
+            &[
+                ("none", FlowControl::None),
+                ("hardware", FlowControl::Hardware),
+                ("software", FlowControl::Software),
+            ],
+        )?,
+        tcp,
+        tcp_raw,
+        unix: c.unix.as_ref().map(|v| PathBuf::from(v.get_ref())),
+        log_dir: c.log_dir.as_ref().map(|v| PathBuf::from(v.get_ref())),
+        log_max_bytes,
+        log_keep: c.log_keep.as_ref().map_or(4, |v| *v.get_ref()),
+        input: choose(
+            cx,
+            &c.input,
+            "input",
+            ConsoleInput::All,
+            &[("all", ConsoleInput::All), ("first", ConsoleInput::First)],
+        )?,
+        client_buffer: client_kib as usize * 1024,
     })
 }
 

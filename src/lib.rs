@@ -4,6 +4,7 @@
 pub mod board;
 pub mod bus;
 pub mod config;
+pub mod console;
 pub mod daemon;
 pub mod demo;
 pub mod power;

@@ -1,0 +1,141 @@
+//! The console log: every byte from the board, each line prefixed with the time it began
+//! (RFC 3339, UTC, milliseconds), in `<log_dir>/console.log`, rotated by size into
+//! `console.log.1` ... `console.log.<keep>`. Reconnects and other events are written as lines
+//! of their own, starting `[rtmd]`, so the log reads as the board's whole history.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+pub struct ConsoleLog {
+    path: PathBuf,
+    max_bytes: u64,
+    keep: u32,
+    file: File,
+    size: u64,
+    at_line_start: bool,
+}
+
+impl ConsoleLog {
+    pub fn open(dir: &Path, max_bytes: u64, keep: u32) -> io::Result<ConsoleLog> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("console.log");
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let size = file.metadata()?.len();
+        Ok(ConsoleLog {
+            path,
+            max_bytes,
+            keep,
+            file,
+            size,
+            at_line_start: true,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends board output, stamping each line that starts in it.
+    pub fn write(&mut self, chunk: &[u8], now: SystemTime) -> io::Result<()> {
+        let mut out = Vec::with_capacity(chunk.len() + 32);
+        for line in chunk.split_inclusive(|&b| b == b'\n') {
+            if self.at_line_start {
+                if self.size + out.len() as u64 >= self.max_bytes {
+                    self.flush_out(&mut out)?;
+                    self.rotate()?;
+                }
+                out.extend_from_slice(stamp(now).as_bytes());
+            }
+            out.extend_from_slice(line);
+            self.at_line_start = line.ends_with(b"\n");
+        }
+        self.flush_out(&mut out)
+    }
+
+    /// A line of rtmd's own (device lost, device back), on a line of its own.
+    pub fn note(&mut self, text: &str, now: SystemTime) -> io::Result<()> {
+        let lead = if self.at_line_start { "" } else { "\n" };
+        self.at_line_start = true;
+        let line = format!("{lead}{}[rtmd] {text}\n", stamp(now));
+        self.write_raw(line.as_bytes())
+    }
+
+    fn flush_out(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
+        if !out.is_empty() {
+            let data = std::mem::take(out);
+            self.write_raw(&data)?;
+        }
+        Ok(())
+    }
+
+    fn write_raw(&mut self, data: &[u8]) -> io::Result<()> {
+        self.file.write_all(data)?;
+        self.size += data.len() as u64;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        let numbered = |k: u32| PathBuf::from(format!("{}.{k}", self.path.display()));
+        if self.keep > 0 {
+            for k in (1..self.keep).rev() {
+                let _ = std::fs::rename(numbered(k), numbered(k + 1));
+            }
+            std::fs::rename(&self.path, numbered(1))?;
+        }
+        self.file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&self.path)?;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+fn stamp(now: SystemTime) -> String {
+    format!("{} ", humantime::format_rfc3339_millis(now))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn stamps_each_line_once_even_across_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = ConsoleLog::open(dir.path(), 1 << 20, 2).unwrap();
+        log.write(b"U-Boot\r\nHit any", at(0)).unwrap();
+        log.write(b" key\r\n", at(1)).unwrap();
+        log.note("console device lost", at(2)).unwrap();
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        assert_eq!(
+            text,
+            "1970-01-01T00:00:00.000Z U-Boot\r\n1970-01-01T00:00:00.000Z Hit any key\r\n\
+             1970-01-01T00:00:02.000Z [rtmd] console device lost\n"
+        );
+    }
+
+    #[test]
+    fn rotates_by_size_and_keeps_n_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = ConsoleLog::open(dir.path(), 100, 2).unwrap();
+        for i in 0..30 {
+            log.write(format!("line {i}\n").as_bytes(), at(0)).unwrap();
+        }
+        let main = std::fs::read_to_string(dir.path().join("console.log")).unwrap();
+        assert!(main.ends_with("line 29\n"));
+        assert!(dir.path().join("console.log.1").exists());
+        assert!(dir.path().join("console.log.2").exists());
+        assert!(!dir.path().join("console.log.3").exists());
+        for f in ["console.log", "console.log.1", "console.log.2"] {
+            assert!(std::fs::metadata(dir.path().join(f)).unwrap().len() <= 100 + 40);
+        }
+    }
+}

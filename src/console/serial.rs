@@ -1,0 +1,209 @@
+//! The serial owner: the one task that holds the board's console port. It reads the board
+//! into the hub and the log, writes client input to the board, sends breaks, and when the
+//! port goes away (EOF, EIO: a USB adapter unplugged with the board's power) reports
+//! `Connected=false` and reopens the same path with backoff until it is back. Clients stay
+//! connected throughout. A port missing at start is not fatal: it is simply not there yet.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_serial::{SerialPort, SerialPortBuilderExt, SerialStream};
+use tracing::{info, warn};
+
+use super::hub::Hub;
+use super::log::ConsoleLog;
+use super::{ConsoleError, ConsoleStatus};
+use crate::config::{ConsoleConfig, FlowControl, Parity};
+
+/// How long a break holds the line low (the classic 250 ms; Linux's tcsendbreak(0) too).
+const BREAK: Duration = Duration::from_millis(250);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+const READ_CHUNK: usize = 64 * 1024;
+
+pub enum Input {
+    Data(Bytes),
+    Break(oneshot::Sender<Result<(), ConsoleError>>),
+}
+
+pub struct Owner {
+    pub config: ConsoleConfig,
+    pub hub: Arc<Hub>,
+    pub input: mpsc::Receiver<Input>,
+    pub status: watch::Sender<ConsoleStatus>,
+    pub log: Option<ConsoleLog>,
+}
+
+fn open(config: &ConsoleConfig) -> Result<SerialStream, String> {
+    let path = &config.device;
+    let builder = tokio_serial::new(path.to_string_lossy(), config.baud)
+        .data_bits(match config.data_bits {
+            5 => tokio_serial::DataBits::Five,
+            6 => tokio_serial::DataBits::Six,
+            7 => tokio_serial::DataBits::Seven,
+            _ => tokio_serial::DataBits::Eight,
+        })
+        .parity(match config.parity {
+            Parity::None => tokio_serial::Parity::None,
+            Parity::Odd => tokio_serial::Parity::Odd,
+            Parity::Even => tokio_serial::Parity::Even,
+        })
+        .stop_bits(if config.stop_bits == 2 {
+            tokio_serial::StopBits::Two
+        } else {
+            tokio_serial::StopBits::One
+        })
+        .flow_control(match config.flow_control {
+            FlowControl::None => tokio_serial::FlowControl::None,
+            FlowControl::Hardware => tokio_serial::FlowControl::Hardware,
+            FlowControl::Software => tokio_serial::FlowControl::Software,
+        });
+    let port = builder
+        .open_native_async()
+        .map_err(|e| describe_open_error(path, &e))?;
+    Ok(port)
+}
+
+fn describe_open_error(path: &Path, e: &tokio_serial::Error) -> String {
+    let d = path.display();
+    match e.kind {
+        tokio_serial::ErrorKind::NoDevice => format!("{d} is not there (unplugged?)"),
+        tokio_serial::ErrorKind::Io(std::io::ErrorKind::NotFound) => {
+            format!("{d} is not there (unplugged?)")
+        }
+        tokio_serial::ErrorKind::Io(std::io::ErrorKind::PermissionDenied) => {
+            format!("permission denied opening {d} (is rtmd in its group, e.g. dialout?)")
+        }
+        _ if e.description.contains("Not a typewriter")
+            || e.description.contains("Inappropriate ioctl") =>
+        {
+            format!("{d} is not a serial port (not a tty)")
+        }
+        _ => format!("cannot open {d}: {}", e.description),
+    }
+}
+
+impl Owner {
+    pub async fn run(mut self) {
+        let mut backoff = BACKOFF_MIN;
+        let mut last_reason = String::new();
+        loop {
+            match open(&self.config) {
+                Ok(port) => {
+                    info!(
+                        subsystem = "console",
+                        "console {} connected",
+                        self.config.device.display()
+                    );
+                    self.note("console device connected");
+                    self.set(true, None);
+                    last_reason.clear();
+                    backoff = BACKOFF_MIN;
+                    let reason = match self.pump(port).await {
+                        Some(reason) => reason,
+                        None => return, // the daemon is stopping
+                    };
+                    warn!(
+                        subsystem = "console",
+                        "console device lost: {reason}; clients stay connected, reopening"
+                    );
+                    self.note(&format!("console device lost: {reason}"));
+                    self.set(false, Some(reason));
+                }
+                Err(reason) => {
+                    if reason != last_reason {
+                        warn!(subsystem = "console", "{reason}; retrying until it appears");
+                        self.set(false, Some(reason.clone()));
+                        last_reason = reason;
+                    }
+                }
+            }
+            if !self.wait_disconnected(backoff).await {
+                return;
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// Serves the open port until it fails (returns why) or the input channel closes (`None`).
+    async fn pump(&mut self, mut port: SerialStream) -> Option<String> {
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        loop {
+            if buf.capacity() < READ_CHUNK / 4 {
+                buf.reserve(READ_CHUNK);
+            }
+            tokio::select! {
+                read = port.read_buf(&mut buf) => match read {
+                    Ok(0) => return Some("end of file".to_string()),
+                    Ok(_) => {
+                        let chunk = buf.split().freeze();
+                        if let Some(log) = self.log.as_mut()
+                            && let Err(e) = log.write(&chunk, SystemTime::now())
+                        {
+                            warn!(subsystem = "console", "cannot write the console log: {e}");
+                        }
+                        self.hub.publish(&chunk);
+                    }
+                    Err(e) => return Some(e.to_string()),
+                },
+                input = self.input.recv() => match input {
+                    None => return None,
+                    Some(Input::Data(data)) => {
+                        if let Err(e) = port.write_all(&data).await {
+                            return Some(e.to_string());
+                        }
+                    }
+                    Some(Input::Break(reply)) => {
+                        let _ = reply.send(send_break(&port).await);
+                    }
+                },
+            }
+        }
+    }
+
+    /// Waits `delay` while the port is away, answering requests; false when stopping.
+    async fn wait_disconnected(&mut self, delay: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + delay;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return true,
+                input = self.input.recv() => match input {
+                    None => return false,
+                    Some(Input::Data(_)) => {} // nobody to type to; the sender was told
+                    Some(Input::Break(reply)) => {
+                        let _ = reply.send(Err(ConsoleError::NotConnected(self.config.device.display().to_string())));
+                    }
+                },
+            }
+        }
+    }
+
+    fn set(&self, connected: bool, error: Option<String>) {
+        self.status.send_if_modified(|s| {
+            let changed = s.connected != connected || s.last_error != error;
+            s.connected = connected;
+            s.last_error = error;
+            changed
+        });
+    }
+
+    fn note(&mut self, text: &str) {
+        if let Some(log) = self.log.as_mut() {
+            let _ = log.note(text, SystemTime::now());
+        }
+    }
+}
+
+/// A real break: the line held low for [`BREAK`].
+async fn send_break(port: &SerialStream) -> Result<(), ConsoleError> {
+    let fail = |e: tokio_serial::Error| {
+        ConsoleError::Hardware(format!("cannot send a break: {}", e.description))
+    };
+    port.set_break().map_err(fail)?;
+    tokio::time::sleep(BREAK).await;
+    port.clear_break().map_err(fail)
+}

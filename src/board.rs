@@ -9,6 +9,7 @@ use tracing::{info, warn};
 
 use crate::bus;
 use crate::config::{Config, OnStop};
+use crate::console::{Console, ConsoleError};
 use crate::power::{Power, PowerState, PowerStatus};
 
 /// How long stopping may spend switching the board off before giving up (systemd's stop
@@ -18,16 +19,27 @@ const STOP_BUDGET: Duration = Duration::from_secs(20);
 pub struct Board {
     pub config: Config,
     pub power: Option<Power>,
+    pub console: Option<Console>,
 }
 
 impl Board {
-    /// Spawns the subsystems' owner tasks. Must run inside the tokio runtime.
-    pub fn build(config: Config) -> Board {
+    /// Spawns the subsystems' owner tasks and binds their listeners. Must run inside the
+    /// tokio runtime. Fails only for what a restart cannot fix by waiting (a TCP port
+    /// taken by another program); hardware that is not there yet is not an error.
+    pub async fn build(config: Config) -> Result<Board, ConsoleError> {
         for section in &config.pending_sections {
             warn!("[{section}] is configured but not served by this version of rtmd yet");
         }
         let power = config.power.as_ref().map(Power::spawn);
-        Board { config, power }
+        let console = match &config.console {
+            Some(c) => Some(Console::start(c).await?),
+            None => None,
+        };
+        Ok(Board {
+            config,
+            power,
+            console,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -36,7 +48,13 @@ impl Board {
 
     /// The subsystems served, as named in `org.rtmd.Dut1.Subsystems`.
     pub fn subsystems(&self) -> Vec<String> {
-        self.power.iter().map(|_| "power".to_string()).collect()
+        [
+            ("power", self.power.is_some()),
+            ("console", self.console.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, present)| present.then(|| name.to_string()))
+        .collect()
     }
 
     /// The root D-Bus object of this board.

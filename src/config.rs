@@ -513,6 +513,7 @@ fn validate_console(cx: &Cx<'_>, c: &RawConsole) -> Result<ConsoleConfig, Config
     let tcp_raw = socket_addr(cx, &c.tcp_raw, "tcp_raw")?;
     if let (Some(a), Some(b), Some(v)) = (tcp, tcp_raw, &c.tcp_raw)
         && a == b
+        && a.port() != 0
     {
         return Err(cx.at(v, "tcp_raw must differ from tcp"));
     }

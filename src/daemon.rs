@@ -29,8 +29,21 @@ pub async fn run(config: Config, bus_choice: &BusChoice) -> ExitCode {
             return ExitCode::from(EXIT_START_FAILED);
         }
     };
-    let board = Board::build(config);
-    let _connection = match bus::serve(bus_choice, board.dut(), board.power.clone()).await {
+    let board = match Board::build(config).await {
+        Ok(b) => b,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(EXIT_START_FAILED);
+        }
+    };
+    let _connection = match bus::serve(
+        bus_choice,
+        board.dut(),
+        board.power.clone(),
+        board.console.clone(),
+    )
+    .await
+    {
         Ok(c) => c,
         Err(e) => {
             error!("{e}");

@@ -5,6 +5,7 @@
 //! Nothing here decides anything about hardware: each method validates its arguments, calls
 //! the subsystem, and translates the result.
 
+mod console;
 mod dut;
 mod power;
 
@@ -13,6 +14,7 @@ use std::time::Duration;
 use zbus::connection::Builder;
 use zbus::{Connection, DBusError};
 
+use crate::console::Console;
 use crate::power::{Power, PowerError};
 
 pub use dut::Dut;
@@ -113,6 +115,7 @@ pub async fn serve(
     bus: &BusChoice,
     dut: Dut,
     power: Option<Power>,
+    console: Option<Console>,
 ) -> Result<Connection, ConnectError> {
     let board = dut.name().to_string();
     let name = bus_name(&board);
@@ -124,6 +127,9 @@ pub async fn serve(
     let mut builder = bus.builder().serve_at(PATH, dut);
     if let Some(p) = &power {
         builder = builder.serve_at(PATH, power::PowerIface::new(p.clone()));
+    }
+    if let Some(c) = &console {
+        builder = builder.serve_at(PATH, console::ConsoleIface::new(c.clone()));
     }
     builder = builder
         .name(name.clone())
@@ -143,6 +149,11 @@ pub async fn serve(
     })?;
     if let Some(p) = power {
         power::spawn_change_signals(&connection, p)
+            .await
+            .map_err(fail)?;
+    }
+    if let Some(c) = console {
+        console::spawn_change_signals(&connection, c)
             .await
             .map_err(fail)?;
     }

@@ -363,6 +363,12 @@ where
             }
         }
     };
+    // The client's end of input (a half-close, `echo cmd | ...`) is not the end of the
+    // session: the board's answer still goes out until the client closes.
+    let from_client = async {
+        from_client.await;
+        std::future::pending::<()>().await
+    };
     tokio::select! {
         _ = to_client => {},
         _ = from_client => {},

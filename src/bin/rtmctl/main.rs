@@ -4,6 +4,8 @@
 //! (hardware, timeout, daemon not running), 2 on a usage or configuration error, 3 when the
 //! board is held by someone else; on failure one line on stderr says why.
 
+mod console;
+
 use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -50,6 +52,23 @@ enum Command {
         #[command(subcommand)]
         action: PowerAction,
     },
+    /// The board's serial console: interactive on a terminal (Ctrl-] q leaves), a byte
+    /// pipe otherwise. Live: only what the board prints from now on.
+    Console {
+        /// Print the console log instead (the board's history).
+        #[arg(long)]
+        log: bool,
+        /// With --log: keep printing what is appended.
+        #[arg(long, requires = "log")]
+        follow: bool,
+    },
+}
+
+/// What a command produced.
+enum Outcome {
+    Line(String),
+    Console(std::os::unix::net::UnixStream),
+    Log(std::path::PathBuf, bool),
 }
 
 #[derive(Subcommand)]
@@ -81,6 +100,7 @@ struct Failure {
 }
 
 const POWER: &str = "org.rtmd.Dut1.Power";
+const CONSOLE: &str = "org.rtmd.Dut1.Console";
 
 fn main() -> ExitCode {
     let args = match Args::try_parse() {
@@ -113,10 +133,15 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(&args)) {
-        Ok(line) => {
+        Ok(Outcome::Line(line)) => {
             println!("{line}");
             ExitCode::SUCCESS
         }
+        Ok(Outcome::Console(socket)) => {
+            drop(runtime);
+            console::session(&args.dut, socket)
+        }
+        Ok(Outcome::Log(path, follow)) => console::show_log(&args.dut, &path, follow),
         Err(f) => {
             eprintln!("rtmctl: {}: {}", args.dut, f.message);
             ExitCode::from(f.code)
@@ -131,7 +156,7 @@ struct Client {
     board: String,
 }
 
-async fn run(args: &Args) -> Result<String, Failure> {
+async fn run(args: &Args) -> Result<Outcome, Failure> {
     let (builder, bus) = match (&args.bus_address, args.bus) {
         (Some(a), _) => (
             zbus::connection::Builder::address(a.as_str()),
@@ -161,7 +186,30 @@ async fn run(args: &Args) -> Result<String, Failure> {
         board: args.dut.clone(),
     };
     match &args.command {
-        Command::Power { action } => power(&client, action).await,
+        Command::Power { action } => power(&client, action).await.map(Outcome::Line),
+        Command::Console { log: false, .. } => {
+            let reply = client.call(CONSOLE, "Attach", &()).await?;
+            let fd: zbus::OwnedFd = reply.body().deserialize().map_err(|e| client.fail(e))?;
+            Ok(Outcome::Console(std::os::fd::OwnedFd::from(fd).into()))
+        }
+        Command::Console { log: true, follow } => {
+            let reply = client
+                .call(
+                    "org.freedesktop.DBus.Properties",
+                    "Get",
+                    &(CONSOLE, "LogPath"),
+                )
+                .await?;
+            let value: OwnedVariant = reply.body().deserialize().map_err(|e| client.fail(e))?;
+            let path = String::try_from(value).unwrap_or_default();
+            if path.is_empty() {
+                return Err(Failure {
+                    code: 2,
+                    message: "the console has no log (no log_dir in its config)".to_string(),
+                });
+            }
+            Ok(Outcome::Log(path.into(), *follow))
+        }
     }
 }
 

@@ -53,7 +53,8 @@ impl Board {
             ("console", self.console.is_some()),
         ]
         .into_iter()
-        .filter_map(|(name, present)| present.then(|| name.to_string()))
+        .filter(|(_, present)| *present)
+        .map(|(name, _)| name.to_string())
         .collect()
     }
 

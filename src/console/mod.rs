@@ -363,12 +363,8 @@ where
             }
         }
     };
-    // The client's end of input (a half-close, `echo cmd | ...`) is not the end of the
-    // session: the board's answer still goes out until the client closes.
-    let from_client = async {
-        from_client.await;
-        std::future::pending::<()>().await
-    };
+    // A client's end of input ends its session: a closed client must not stay counted in
+    // `Clients` until the board next prints. (rtmctl console therefore never half-closes.)
     tokio::select! {
         _ = to_client => {},
         _ = from_client => {},

@@ -1,0 +1,463 @@
+//! The console end to end: rtmd owning one side of a pseudo-terminal pair made by socat
+//! (the other side plays the board), reached with real clients: telnet, socat, rtmctl
+//! console in pipe mode, busctl.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A pseudo-terminal pair: rtmd opens `dev`, the test is the board at `board`.
+struct Wire {
+    _socat: Proc,
+    dev: PathBuf,
+    board: PathBuf,
+}
+
+fn wire(dir: &Path) -> Wire {
+    require("socat");
+    let dev = dir.join("dev");
+    let board = dir.join("board");
+    let mut cmd = Command::new("socat");
+    cmd.arg(format!("pty,raw,echo=0,link={}", dev.display()))
+        .arg(format!("pty,raw,echo=0,link={}", board.display()));
+    let socat = Proc::spawn("socat", cmd, true);
+    eventually("socat made the pty pair", || dev.exists() && board.exists());
+    Wire {
+        _socat: socat,
+        dev,
+        board,
+    }
+}
+
+fn console_config(dev: &Path, extra: &str) -> String {
+    format!(
+        "name = \"con-1\"\n[console]\ndevice = \"{}\"\ntcp = \"127.0.0.1:0\"\ntcp_raw = \"127.0.0.1:0\"\n{extra}",
+        dev.display()
+    )
+}
+
+struct Rig {
+    _bus: Bus,
+    wire: Wire,
+    daemon: Daemon,
+    board: std::fs::File,
+}
+
+fn rig(extra: &str) -> Rig {
+    let bus = Bus::start();
+    let dir = tempfile::tempdir().unwrap();
+    let wire = wire(dir.path());
+    let extra = extra.replace("{dir}", &dir.path().display().to_string());
+    let daemon = Daemon::start_in(&bus, &console_config(&wire.dev, &extra), dir);
+    daemon.proc.wait_line("console");
+    let board = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&wire.board)
+        .unwrap();
+    eventually("connected", || {
+        daemon.property("org.rtmd.Dut1.Console", "Connected") == "b true"
+    });
+    Rig {
+        _bus: bus,
+        wire,
+        daemon,
+        board,
+    }
+}
+
+fn addr(d: &Daemon, prop: &str) -> String {
+    d.property("org.rtmd.Dut1.Console", prop)
+        .trim_start_matches("s ")
+        .trim_matches('"')
+        .to_string()
+}
+
+/// Reads from `r` until `needle` has been seen; returns everything read.
+fn read_until(r: &mut impl Read, needle: &[u8]) -> Vec<u8> {
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    let want = String::from_utf8_lossy(needle).into_owned();
+    while !got.windows(needle.len()).any(|w| w == needle) {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "never read {want:?}; {}",
+            tail(&got)
+        );
+        match r.read(&mut buf) {
+            Ok(0) => panic!("EOF before {want:?}; {}", tail(&got)),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    got
+}
+
+/// What was read, briefly (payloads can be megabytes).
+fn tail(got: &[u8]) -> String {
+    let from = got.len().saturating_sub(80);
+    format!(
+        "{} bytes read, ending {:?}",
+        got.len(),
+        String::from_utf8_lossy(&got[from..])
+    )
+}
+
+fn tcp(address: &str) -> TcpStream {
+    let s = TcpStream::connect(address).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    s
+}
+
+#[test]
+fn many_raw_clients_get_identical_bytes_and_input_reaches_the_board_once() {
+    let mut r = rig("");
+    let raw = addr(&r.daemon, "TcpRawAddress");
+    let mut clients: Vec<TcpStream> = (0..5).map(|_| tcp(&raw)).collect();
+    eventually("5 clients", || {
+        r.daemon.property("org.rtmd.Dut1.Console", "Clients") == "u 5"
+    });
+    // Every byte value, several times, including 0xff (no telnet escaping on the raw port).
+    let payload: Vec<u8> = (0..=255u8).cycle().take(256 * 40).chain(*b"END").collect();
+    r.board.write_all(&payload).unwrap();
+    for c in &mut clients {
+        let got = read_until(c, b"END");
+        assert_eq!(got, payload, "a client got different bytes");
+    }
+    clients[2].write_all(b"typed once\n").unwrap();
+    let mut board_in = r.board.try_clone().unwrap();
+    let got = read_until(&mut board_in, b"once\n");
+    assert_eq!(got, b"typed once\n");
+}
+
+#[test]
+fn telnet_negotiates_escapes_and_its_commands_never_reach_the_board() {
+    require("telnet");
+    let mut r = rig("");
+    let address = addr(&r.daemon, "TcpAddress");
+    let (host, port) = address.rsplit_once(':').unwrap();
+    // The real telnet client: its typed line reaches the board, board output reaches it.
+    let mut telnet = Command::new("telnet")
+        .args([host, port])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut tin = telnet.stdin.take().unwrap();
+    let mut tout = telnet.stdout.take().unwrap();
+    read_until(&mut tout, b"Escape character");
+    eventually("telnet client counted", || {
+        r.daemon.property("org.rtmd.Dut1.Console", "Clients") == "u 1"
+    });
+    r.board.write_all(b"login: ").unwrap();
+    read_until(&mut tout, b"login: ");
+    tin.write_all(b"root\n").unwrap();
+    let mut board_in = r.board.try_clone().unwrap();
+    let got = read_until(&mut board_in, b"root");
+    assert!(
+        !got.contains(&0xff),
+        "telnet negotiation reached the board: {got:?}"
+    );
+    let _ = telnet.kill();
+
+    // A hand-made telnet peer: 0xff from the board arrives doubled; stray commands,
+    // subnegotiations and garbage IACs from the client are consumed.
+    let mut s = tcp(&address);
+    let opening = read_until(&mut s, &[255, 253, 3]);
+    assert_eq!(opening, [255, 251, 1, 255, 251, 3, 255, 253, 3]);
+    r.board.write_all(&[b'a', 0xff, b'b']).unwrap();
+    read_until(&mut s, &[b'a', 0xff, 0xff, b'b']);
+    s.write_all(&[
+        255, 241, 255, 250, 24, 1, 255, 240, 255, 253, 99, b'o', b'k', b'\r', 0, 255, 255, b'!',
+    ])
+    .unwrap();
+    let got = read_until(&mut board_in, b"!");
+    assert_eq!(got, [b'o', b'k', b'\r', 0xff, b'!']);
+    // The refused option got its answer.
+    read_until(&mut s, &[255, 252, 99]);
+}
+
+#[test]
+fn rtmctl_console_pipe_mode_and_socat() {
+    let mut r = rig("");
+    // The board answers each line it gets.
+    let mut board_in = r.board.try_clone().unwrap();
+    let answer = std::thread::spawn(move || {
+        let got = read_until(&mut board_in, b"uname\n");
+        board_in.write_all(b"Linux rtm-sim\r\n").unwrap();
+        got
+    });
+    let mut cmd = Command::new(bin("rtmctl"));
+    cmd.args(["--bus-address", &r.daemon.bus, "--dut", "con-1", "console"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    // rtmctl must have attached before the board speaks.
+    eventually("rtmctl attached", || {
+        r.daemon.property("org.rtmd.Dut1.Console", "Clients") == "u 1"
+    });
+    child.stdin.take().unwrap().write_all(b"uname\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "Linux rtm-sim\r\n");
+    assert_eq!(answer.join().unwrap(), b"uname\n");
+
+    // socat as a raw client of the raw port.
+    require("socat");
+    let raw = addr(&r.daemon, "TcpRawAddress");
+    let mut socat = Command::new("socat")
+        .args(["-u", &format!("TCP:{raw}"), "STDOUT"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually("socat attached", || {
+        r.daemon.property("org.rtmd.Dut1.Console", "Clients") == "u 1"
+    });
+    r.board.write_all(b"via socat\n").unwrap();
+    let mut sout = socat.stdout.take().unwrap();
+    read_until(&mut sout, b"via socat\n");
+    let _ = socat.kill();
+}
+
+#[test]
+fn unplug_and_replug_keeps_clients_and_logs_it() {
+    let bus = Bus::start();
+    let dir = tempfile::tempdir().unwrap();
+    let log_dir = dir.path().join("log");
+    let w = wire(dir.path());
+    let config = console_config(&w.dev, &format!("log_dir = \"{}\"\n", log_dir.display()));
+    let d = Daemon::start_in(&bus, &config, tempfile::tempdir().unwrap());
+    eventually("connected", || {
+        d.property("org.rtmd.Dut1.Console", "Connected") == "b true"
+    });
+    let mut client = tcp(&addr(&d, "TcpRawAddress"));
+    let mut board = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&w.board)
+        .unwrap();
+    board.write_all(b"before unplug\n").unwrap();
+    read_until(&mut client, b"before unplug\n");
+
+    // Unplug: the pty pair disappears.
+    drop(board);
+    drop(w);
+    eventually("disconnected", || {
+        d.property("org.rtmd.Dut1.Console", "Connected") == "b false"
+    });
+    assert!(d.property("org.rtmd.Dut1.Console", "LastError").len() > 4);
+    assert_eq!(d.property("org.rtmd.Dut1.Console", "Clients"), "u 1");
+    // Typing while unplugged is refused with a named error, not lost silently.
+    let out = d.dbus_send("org.rtmd.Dut1.Console.Send", &["array:byte:0x41"]);
+    assert!(
+        text(&out.stderr).contains("org.rtmd.Dut1.Error.Hardware"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Replug at the same path.
+    let w = wire(dir.path());
+    eventually("reconnected", || {
+        d.property("org.rtmd.Dut1.Console", "Connected") == "b true"
+    });
+    let mut board = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&w.board)
+        .unwrap();
+    board.write_all(b"after replug\n").unwrap();
+    read_until(&mut client, b"after replug\n");
+
+    let log = std::fs::read_to_string(log_dir.join("console.log")).unwrap();
+    assert!(log.contains("Z before unplug\n"), "{log}");
+    assert!(log.contains("[rtmd] console device lost"), "{log}");
+    assert!(log.contains("Z after replug\n"), "{log}");
+    assert_eq!(
+        d.property("org.rtmd.Dut1.Console", "LogPath"),
+        format!("s \"{}\"", log_dir.join("console.log").display())
+    );
+    let out = Command::new(bin("rtmctl"))
+        .args([
+            "--bus-address",
+            &bus.address,
+            "--dut",
+            "con-1",
+            "console",
+            "--log",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(text(&out.stdout), log);
+}
+
+#[test]
+fn wait_for_matches_live_output_and_times_out_by_name() {
+    let mut r = rig("");
+    let name = rtmd::bus::bus_name("con-1");
+    // Output before the call is not matched: only what comes after.
+    r.board.write_all(b"old prompt login: \n").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut cmd = Command::new("busctl");
+    cmd.arg(format!("--address={}", r.daemon.bus)).args([
+        "call",
+        &name,
+        "/org/rtmd/Dut1",
+        "org.rtmd.Dut1.Console",
+        "WaitFor",
+        "su",
+        "login: *$|(\\w+) login:",
+        "5000",
+    ]);
+    let waiter = Proc::spawn("busctl WaitFor", cmd, true);
+    std::thread::sleep(Duration::from_millis(300));
+    r.board.write_all(b"booting\r\nrpi4 login: ").unwrap();
+    waiter.wait_line("s \"rpi4 login:\"");
+
+    let out = r.daemon.dbus_send(
+        "org.rtmd.Dut1.Console.WaitFor",
+        &["string:never", "uint32:200"],
+    );
+    assert!(
+        text(&out.stderr).contains("org.rtmd.Dut1.Error.Timeout"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = r.daemon.dbus_send(
+        "org.rtmd.Dut1.Console.WaitFor",
+        &["string:([", "uint32:200"],
+    );
+    assert!(
+        text(&out.stderr).contains("org.freedesktop.DBus.Error.InvalidArgs"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stderr).contains("invalid regex"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Send reaches the board.
+    let out = r.daemon.busctl(&[
+        "call",
+        &name,
+        "/org/rtmd/Dut1",
+        "org.rtmd.Dut1.Console",
+        "Send",
+        "ay",
+        "3",
+        "0x6c",
+        "0x73",
+        "0x0a",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut board_in = r.board.try_clone().unwrap();
+    read_until(&mut board_in, b"ls\n");
+}
+
+#[test]
+fn a_client_that_never_reads_is_dropped_and_others_get_everything() {
+    let mut r = rig("client_buffer_kib = 256\n");
+    let raw = addr(&r.daemon, "TcpRawAddress");
+    let stuck = TcpStream::connect(&raw).unwrap();
+    let mut good = tcp(&raw);
+    eventually("2 clients", || {
+        r.daemon.property("org.rtmd.Dut1.Console", "Clients") == "u 2"
+    });
+    // Paced so the reading client keeps up; it goes on until the stuck client has filled
+    // its kernel socket buffers (several MiB on loopback) and then its 256 KiB in rtmd.
+    let step: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let mut steps = 0;
+    while r.daemon.property("org.rtmd.Dut1.Console", "Clients") == "u 2" {
+        assert!(steps < 1000, "the stuck client was never dropped");
+        let mut chunk = step.clone();
+        let mark = format!("<{steps:04}>");
+        chunk.extend_from_slice(mark.as_bytes());
+        r.board.write_all(&chunk).unwrap();
+        let got = read_until(&mut good, mark.as_bytes());
+        assert!(
+            got == chunk,
+            "the reading client lost bytes at step {steps}"
+        );
+        steps += 1;
+    }
+    eventually("stuck client dropped", || {
+        r.daemon.property("org.rtmd.Dut1.Console", "Clients") == "u 1"
+    });
+    assert!(
+        r.daemon
+            .proc
+            .text()
+            .contains("more than 256 KiB of output not read")
+    );
+    drop(stuck);
+}
+
+#[test]
+fn missing_device_at_start_is_not_fatal() {
+    let bus = Bus::start();
+    let dir = tempfile::tempdir().unwrap();
+    let dev = dir.path().join("dev");
+    let d = Daemon::start(&bus, &console_config(&dev, ""));
+    assert_eq!(d.property("org.rtmd.Dut1.Console", "Connected"), "b false");
+    assert!(
+        d.property("org.rtmd.Dut1.Console", "LastError")
+            .contains("is not there")
+    );
+    // It appears later.
+    let w = wire(dir.path());
+    eventually("connected", || {
+        d.property("org.rtmd.Dut1.Console", "Connected") == "b true"
+    });
+    drop(w);
+}
+
+#[test]
+fn a_path_that_is_not_a_tty_is_reported() {
+    let bus = Bus::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, "x").unwrap();
+    let mut d = Daemon::start(&bus, &console_config(&file, ""));
+    eventually("error named", || {
+        d.property("org.rtmd.Dut1.Console", "LastError")
+            .contains("not a serial port")
+    });
+    assert!(d.proc.is_running());
+}
+
+#[test]
+fn a_taken_tcp_port_stops_the_start_with_a_reason() {
+    let bus = Bus::start();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("board.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "name = \"con-1\"\n[console]\ndevice = \"/nonexistent\"\ntcp = \"127.0.0.1:{port}\"\n"
+        ),
+    )
+    .unwrap();
+    let mut p = Daemon::spawn(&bus.address, &path);
+    assert_eq!(p.wait().code(), Some(1));
+    assert!(
+        p.text().contains(&format!(
+            "console: cannot listen on 127.0.0.1:{port}: Address already in use"
+        )),
+        "{}",
+        p.text()
+    );
+}

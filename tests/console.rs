@@ -44,7 +44,7 @@ fn console_config(dev: &Path, extra: &str) -> String {
 
 struct Rig {
     _bus: Bus,
-    wire: Wire,
+    _wire: Wire,
     daemon: Daemon,
     board: std::fs::File,
 }
@@ -66,7 +66,7 @@ fn rig(extra: &str) -> Rig {
     });
     Rig {
         _bus: bus,
-        wire,
+        _wire: wire,
         daemon,
         board,
     }
@@ -171,6 +171,7 @@ fn telnet_negotiates_escapes_and_its_commands_never_reach_the_board() {
         "telnet negotiation reached the board: {got:?}"
     );
     let _ = telnet.kill();
+    let _ = telnet.wait();
 
     // A hand-made telnet peer: 0xff from the board arrives doubled; stray commands,
     // subnegotiations and garbage IACs from the client are consumed.
@@ -229,6 +230,7 @@ fn rtmctl_console_pipe_mode_and_socat() {
     let mut sout = socat.stdout.take().unwrap();
     read_until(&mut sout, b"via socat\n");
     let _ = socat.kill();
+    let _ = socat.wait();
 }
 
 #[test]

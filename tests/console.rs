@@ -463,3 +463,165 @@ fn a_taken_tcp_port_stops_the_start_with_a_reason() {
         p.text()
     );
 }
+
+#[test]
+fn permission_denied_is_reported_and_the_daemon_lives_on() {
+    require("setpriv");
+    let bus = Bus::start_open();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let w = wire(dir.path());
+    let cfg = dir.path().join("board.toml");
+    std::fs::write(&cfg, console_config(&w.dev, "")).unwrap();
+    std::fs::set_permissions(&cfg, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    // As nobody, the root-owned pseudo-terminal cannot be opened.
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(bin("rtmd"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--bus-address", &bus.address, "--log", "stderr"]);
+    let mut p = Proc::spawn("rtmd as nobody", cmd, true);
+    p.wait_line("ready on");
+    p.wait_line("permission denied opening");
+    let out = busctl(
+        &bus.address,
+        &[
+            "get-property",
+            "org.rtmd.Dut1.con_1",
+            "/org/rtmd/Dut1",
+            "org.rtmd.Dut1.Console",
+            "LastError",
+        ],
+    );
+    assert!(
+        text(&out.stdout).contains("permission denied"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(p.is_running());
+}
+
+#[test]
+fn send_break_works_while_connected_and_is_refused_while_unplugged() {
+    let bus = Bus::start();
+    let dir = tempfile::tempdir().unwrap();
+    let w = wire(dir.path());
+    let d = Daemon::start_in(
+        &bus,
+        &console_config(&w.dev, ""),
+        tempfile::tempdir().unwrap(),
+    );
+    eventually("connected", || {
+        d.property("org.rtmd.Dut1.Console", "Connected") == "b true"
+    });
+    let out = d.dbus_send("org.rtmd.Dut1.Console.SendBreak", &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    drop(w);
+    eventually("disconnected", || {
+        d.property("org.rtmd.Dut1.Console", "Connected") == "b false"
+    });
+    let out = d.dbus_send("org.rtmd.Dut1.Console.SendBreak", &[]);
+    assert!(
+        text(&out.stderr).contains("org.rtmd.Dut1.Error.Hardware"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stderr).contains("is not connected"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// rtmctl console on a pseudo-terminal, as LAVA (pexpect) and people run it: `script`
+/// gives it one.
+fn rtmctl_on_a_pty(
+    r: &Rig,
+) -> (
+    std::process::Child,
+    std::process::ChildStdin,
+    std::process::ChildStdout,
+) {
+    require("script");
+    let command = format!(
+        "{} --bus-address {} --dut con-1 console",
+        bin("rtmctl").display(),
+        r.daemon.bus
+    );
+    let mut child = Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    (child, stdin, stdout)
+}
+
+#[test]
+fn interactive_console_is_lava_safe_and_leaves_on_the_escape() {
+    let mut r = rig("");
+    let (mut child, mut input, mut output) = rtmctl_on_a_pty(&r);
+    let banner = read_until(&mut output, b"leaves\r\n");
+    assert_eq!(
+        String::from_utf8_lossy(&banner),
+        "rtmctl: connected to con-1's console; Ctrl-] q leaves\r\n"
+    );
+    eventually("attached", || {
+        r.daemon.property("org.rtmd.Dut1.Console", "Clients") == "u 1"
+    });
+    r.board.write_all(b"=> ").unwrap();
+    read_until(&mut output, b"=> ");
+    // Ctrl-] followed by anything but q or . goes to the board as typed.
+    input.write_all(b"help\r\x1dx").unwrap();
+    let mut board_in = r.board.try_clone().unwrap();
+    assert_eq!(read_until(&mut board_in, b"x"), b"help\r\x1dx");
+    input.write_all(b"\x1dq").unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    // Nothing but the banner and the board's bytes reached the terminal.
+    let mut rest = Vec::new();
+    let _ = output.read_to_end(&mut rest);
+    assert!(
+        rest.iter().all(|&b| b != 0x1b),
+        "terminal escape sequences: {rest:?}"
+    );
+}
+
+#[test]
+fn interactive_console_ends_on_sigterm_and_sighup() {
+    for signal in ["TERM", "HUP"] {
+        let r = rig("");
+        let (mut child, _input, mut output) = rtmctl_on_a_pty(&r);
+        read_until(&mut output, b"leaves\r\n");
+        // rtmctl itself: the child of the `script` around it.
+        let pgrep = Command::new("pgrep")
+            .args(["-P", &child.id().to_string()])
+            .output()
+            .unwrap();
+        let pids = text(&pgrep.stdout);
+        let pid = pids
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .expect("rtmctl's pid")
+            .trim()
+            .to_string();
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let status = child.wait().unwrap();
+        assert!(status.success(), "{signal}: {status}");
+        eventually("detached", || {
+            r.daemon.property("org.rtmd.Dut1.Console", "Clients") == "u 0"
+        });
+    }
+}

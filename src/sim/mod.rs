@@ -5,6 +5,7 @@
 //! "set voltage 5.10") through [`Events`], so a test can check what reached the hardware and
 //! in which order.
 
+pub mod board;
 pub mod egpms;
 pub mod pty;
 pub mod supply;

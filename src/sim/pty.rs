@@ -6,6 +6,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::pty::openpty;
 use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
 
@@ -21,6 +22,11 @@ pub struct Pty {
 impl Pty {
     pub fn open(link: &Path) -> io::Result<Pty> {
         let pair = openpty(None, None).map_err(io::Error::from)?;
+        // openpty does not set close-on-exec: without it every child (the simulated board's
+        // shell, a dbus-daemon) would hold the pty open.
+        for fd in [&pair.master, &pair.slave] {
+            fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(io::Error::from)?;
+        }
         // Raw from the start: a cooked pty would echo the daemon's requests back to it.
         let mut t = tcgetattr(&pair.slave).map_err(io::Error::from)?;
         cfmakeraw(&mut t);

@@ -172,6 +172,42 @@ impl Bus {
     }
 }
 
+impl Bus {
+    /// A private bus that admits every local user (for tests that run rtmd as another uid).
+    pub fn start_open() -> Bus {
+        require("dbus-daemon");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let config = dir.path().join("bus.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN\" \
+                 \"http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd\">\n\
+                 <busconfig><type>session</type><listen>unix:path={}/bus</listen><auth>EXTERNAL</auth>\
+                 <policy context=\"default\"><allow user=\"*\"/><allow own=\"*\"/>\
+                 <allow send_destination=\"*\" eavesdrop=\"true\"/><allow eavesdrop=\"true\"/></policy></busconfig>\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new("dbus-daemon");
+        cmd.arg(format!("--config-file={}", config.display()))
+            .args(["--nofork", "--nopidfile", "--print-address=1"]);
+        let proc = Proc::spawn("dbus-daemon", cmd, true);
+        let address = proc.wait_line("unix:path=").trim().to_string();
+        Bus {
+            address,
+            _proc: proc,
+            _dir: dir,
+        }
+    }
+}
+
 pub fn bin(name: &str) -> PathBuf {
     match name {
         "rtmd" => PathBuf::from(env!("CARGO_BIN_EXE_rtmd")),

@@ -1,6 +1,7 @@
 //! `rtmd --demo`: a board with simulated hardware, so a newcomer sees rtmd work at once.
 //!
-//! It starts a simulated lab supply on a pseudo-terminal (`config/demo.toml`), picks a bus
+//! It starts a simulated board (U-Boot, kernel, login, a real shell) whose console is a
+//! pseudo-terminal, fed by a simulated lab supply on another (`config/demo.toml`), picks a bus
 //! (the one asked for; else the session bus if one answers; else a private `dbus-daemon` it
 //! starts and prints), and runs the ordinary daemon on it.
 
@@ -14,6 +15,7 @@ use tokio::process::{Child, Command};
 use crate::bus::BusChoice;
 use crate::config;
 use crate::daemon;
+use crate::sim::board::{BoardSpec, SimBoard};
 use crate::sim::{Events, pty::Pty, supply};
 
 const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
@@ -41,16 +43,29 @@ struct Demo {
     bus: BusChoice,
     dbus: Option<Child>,
     _pty: Pty,
+    _console: Pty,
+    _board: SimBoard,
 }
 
 async fn prepare(bus: Option<BusChoice>) -> Result<Demo, String> {
     let dir = std::env::temp_dir().join(format!("rtmd-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
 
-    let pty =
-        Pty::open(&dir.join("psu")).map_err(|e| format!("cannot create a pseudo-terminal: {e}"))?;
+    // The board: its console on one pseudo-terminal, fed by the supply on another.
+    let pty_error = |e: std::io::Error| format!("cannot create a pseudo-terminal: {e}");
+    let console = Pty::open(&dir.join("console")).map_err(pty_error)?;
+    let spec = BoardSpec {
+        name: "demo".to_string(),
+        scratch: dir.join("board-home"),
+        ..BoardSpec::default()
+    };
+    let board_port = console.master.try_clone().map_err(|e| e.to_string())?;
+    let board = SimBoard::start(board_port, spec, Events::log("board"))
+        .map_err(|e| format!("cannot start the simulated board: {e}"))?;
+    let pty = Pty::open(&dir.join("psu")).map_err(pty_error)?;
     let port = pty.master.try_clone().map_err(|e| e.to_string())?;
     let model = Arc::new(Mutex::new(supply::SupplyModel::default()));
+    let power = board.power_input();
     std::thread::spawn(move || {
         supply::serve(
             port,
@@ -59,6 +74,7 @@ async fn prepare(bus: Option<BusChoice>) -> Result<Demo, String> {
             supply::Fault::None,
             model,
             Events::log("dpm8605"),
+            Some(power),
         )
     });
 
@@ -83,7 +99,10 @@ async fn prepare(bus: Option<BusChoice>) -> Result<Demo, String> {
         bus.describe()
     );
     println!("  in another shell:  {how} RTM_DUT=demo");
-    println!("                     rtmctl power on; rtmctl power status; rtmctl power profile low");
+    println!("                     rtmctl power on; rtmctl console   (Ctrl-] q leaves)");
+    println!(
+        "                     rtmctl power profile low   (below the board's brown-out: it resets)"
+    );
     println!("  stop with Ctrl-C (the demo switches the board off as it stops)");
     Ok(Demo {
         dir,
@@ -91,6 +110,8 @@ async fn prepare(bus: Option<BusChoice>) -> Result<Demo, String> {
         bus,
         dbus,
         _pty: pty,
+        _console: console,
+        _board: board,
     })
 }
 

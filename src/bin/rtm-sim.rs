@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use rtmd::config::EgpmsModel;
+use rtmd::sim::board::{BoardSpec, SimBoard};
 use rtmd::sim::egpms::{Outlets, StripSpec};
 use rtmd::sim::supply::{Fault, Kind, SupplyModel};
 use rtmd::sim::{Events, pty::Pty};
@@ -38,6 +39,8 @@ enum Device {
         /// Outlets on at start, e.g. `--on 1 --on 3`.
         #[arg(long = "on")]
         on: Vec<u8>,
+        #[command(flatten)]
+        board: BoardArgs,
     },
     /// A Joy-it DPM86xx supply on a pseudo-terminal.
     Dpm86xx {
@@ -50,6 +53,8 @@ enum Device {
         address: u8,
         #[arg(long, value_enum, default_value = "none")]
         fault: FaultArg,
+        #[command(flatten)]
+        board: BoardArgs,
     },
     /// A Riden RD60xx supply (Modbus RTU) on a pseudo-terminal.
     Riden {
@@ -62,7 +67,75 @@ enum Device {
         address: u8,
         #[arg(long, value_enum, default_value = "none")]
         fault: FaultArg,
+        #[command(flatten)]
+        board: BoardArgs,
     },
+}
+
+/// A simulated board powered by this simulator.
+#[derive(clap::Args)]
+struct BoardArgs {
+    /// Simulate a board fed by this device, its console at this path (a pseudo-terminal).
+    #[arg(long, value_name = "PATH")]
+    board_console: Option<PathBuf>,
+    /// The board's hostname.
+    #[arg(long, default_value = "rtm-sim")]
+    board_name: String,
+    /// Strips: the outlet the board hangs on.
+    #[arg(long, default_value_t = 1)]
+    board_outlet: u8,
+    /// Below this supply voltage the board resets in a loop.
+    #[arg(long, default_value_t = 4.75)]
+    brownout_volts: f64,
+    /// Above this it refuses to boot.
+    #[arg(long, default_value_t = 5.8)]
+    max_volts: f64,
+    #[arg(long, default_value_t = 2)]
+    autoboot_secs: u32,
+    /// Pause between boot messages.
+    #[arg(long, default_value_t = 20)]
+    line_delay_ms: u64,
+    /// The folder the board's shell runs in (default: a fresh temporary one).
+    #[arg(long)]
+    board_home: Option<PathBuf>,
+}
+
+/// A running simulated board and its console pty (both must live as long as the simulator).
+struct Board {
+    board: SimBoard,
+    _console: Pty,
+}
+
+impl BoardArgs {
+    fn start(&self) -> Result<Option<Board>, String> {
+        let Some(path) = &self.board_console else {
+            return Ok(None);
+        };
+        let console = Pty::open(path).map_err(|e| {
+            format!(
+                "cannot create the pseudo-terminal at {}: {e}",
+                path.display()
+            )
+        })?;
+        let master = console.master.try_clone().map_err(|e| e.to_string())?;
+        let scratch = self.board_home.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("rtm-sim-board-{}", std::process::id()))
+        });
+        let spec = BoardSpec {
+            name: self.board_name.clone(),
+            brownout_volts: self.brownout_volts,
+            max_volts: self.max_volts,
+            scratch,
+            autoboot_secs: self.autoboot_secs,
+            line_delay_ms: self.line_delay_ms,
+        };
+        let board = SimBoard::start(master, spec, Events::stdout())
+            .map_err(|e| format!("cannot start the board: {e}"))?;
+        Ok(Some(Board {
+            board,
+            _console: console,
+        }))
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -117,19 +190,29 @@ fn run(device: Device) -> Result<(), String> {
             password,
             ignore_starts,
             on,
+            board,
         } => {
             let model = match model {
                 Model::Pms20 => EgpmsModel::Pms20,
                 Model::Pms21 => EgpmsModel::Pms21,
                 Model::Pmswlan => EgpmsModel::PmsWlan,
             };
+            let board_sim = board.start()?;
             let mut outlets = Outlets::default();
+            if let Some(b) = &board_sim {
+                let index = usize::from(board.board_outlet.clamp(1, 4) - 1);
+                outlets.board = Some((index, b.board.power_input()));
+            }
             for n in on {
                 let slot = outlets
                     .on
                     .get_mut(usize::from(n).wrapping_sub(1))
                     .ok_or(format!("no outlet {n}"))?;
                 *slot = true;
+            }
+            for i in 0..4 {
+                let on = outlets.on[i];
+                outlets.set(i, on);
             }
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -156,24 +239,27 @@ fn run(device: Device) -> Result<(), String> {
             protocol,
             address,
             fault,
+            board,
         } => {
             let kind = match protocol {
                 Protocol::Ascii => Kind::DpmAscii,
                 Protocol::Modbus => Kind::DpmModbus,
             };
-            serve_supply(&pty, kind, address, fault.into(), events)
+            serve_supply(&pty, kind, address, fault.into(), events, board.start()?)
         }
         Device::Riden {
             pty,
             model_id,
             address,
             fault,
+            board,
         } => serve_supply(
             &pty,
             Kind::Riden { model_id },
             address,
             fault.into(),
             events,
+            board.start()?,
         ),
     }
 }
@@ -184,6 +270,7 @@ fn serve_supply(
     address: u8,
     fault: Fault,
     events: Events,
+    board: Option<Board>,
 ) -> Result<(), String> {
     let pty = Pty::open(link).map_err(|e| {
         format!(
@@ -194,6 +281,8 @@ fn serve_supply(
     let port = pty.master.try_clone().map_err(|e| e.to_string())?;
     events.emit(&format!("ready {}", link.display()));
     let model = Arc::new(Mutex::new(SupplyModel::default()));
-    rtmd::sim::supply::serve(port, kind, address, fault, model, events);
+    let power = board.as_ref().map(|b| b.board.power_input());
+    rtmd::sim::supply::serve(port, kind, address, fault, model, events, power);
+    drop(board);
     Ok(())
 }

@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::Events;
+use super::board::PowerInput;
 use crate::config::EgpmsModel;
 use crate::power::egpms::{
     CTRL_OFF, CTRL_ON, START, decrypt, encode_status, encrypt, key, sockets_to_wire, solve,
@@ -28,10 +29,23 @@ pub struct StripSpec {
     pub ignore_starts: u32,
 }
 
-/// The strip's outlets, shared with whoever wants to look (the demo's simulated board).
+/// The strip's outlets, and the simulated board hanging on one of them.
 #[derive(Debug, Default)]
 pub struct Outlets {
     pub on: [bool; 4],
+    /// (outlet index 0..3, the board's power input): the board sees mains as 5 V.
+    pub board: Option<(usize, PowerInput)>,
+}
+
+impl Outlets {
+    pub fn set(&mut self, index: usize, on: bool) {
+        self.on[index] = on;
+        if let Some((i, board)) = &self.board
+            && *i == index
+        {
+            board.set_power(if on { 5.0 } else { 0.0 });
+        }
+    }
 }
 
 /// Serves sessions one after another until the listener fails.
@@ -125,7 +139,7 @@ async fn session(
                 _ => continue,
             };
             if let Ok(mut o) = outlets.lock() {
-                o.on[i] = new;
+                o.set(i, new);
             }
             events.emit(&format!(
                 "outlet {} {}",

@@ -10,6 +10,7 @@ use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 
 use super::Events;
+use super::board::PowerInput;
 use crate::power::dpm86xx::{func, reg as dpm_reg};
 use crate::power::riden::{Scale, reg as riden_reg, scale};
 
@@ -79,6 +80,7 @@ pub fn serve(
     fault: Fault,
     model: Shared,
     events: Events,
+    board: Option<PowerInput>,
 ) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 256];
@@ -103,6 +105,10 @@ pub fn serve(
                 break;
             }
             buf.drain(..used);
+            // The board follows the output (it ignores changes within the same range).
+            if let (Some(board), Ok(m)) = (&board, model.lock()) {
+                board.set_power(m.measured().0);
+            }
             if let Some(mut reply) = reply {
                 match fault {
                     Fault::Silent => continue,

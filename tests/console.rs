@@ -625,3 +625,88 @@ fn interactive_console_ends_on_sigterm_and_sighup() {
         });
     }
 }
+
+#[test]
+fn the_simulated_board_boots_when_rtmd_switches_its_power() {
+    let bus = Bus::start();
+    let dir = tempfile::tempdir().unwrap();
+    let console = dir.path().join("console");
+    let home = dir.path().join("home");
+    let (strip, port) = strip(&[
+        "--board-console",
+        console.to_str().unwrap(),
+        "--board-outlet",
+        "2",
+        "--board-name",
+        "rpi4-01",
+        "--autoboot-secs",
+        "1",
+        "--line-delay-ms",
+        "1",
+        "--board-home",
+        home.to_str().unwrap(),
+    ]);
+    let config = format!(
+        "name = \"rpi4-01\"\n[power]\nbackend = \"egpms\"\nhost = \"127.0.0.1\"\nport = {port}\noutlet = 2\n\
+         cycle_off_ms = 100\n[console]\ndevice = \"{}\"\nlog_dir = \"{}\"\n",
+        console.display(),
+        dir.path().join("log").display()
+    );
+    let d = Daemon::start(&bus, &config);
+    eventually("connected", || {
+        d.property("org.rtmd.Dut1.Console", "Connected") == "b true"
+    });
+    let name = rtmd::bus::bus_name("rpi4-01");
+    // Silent while off: a WaitFor times out.
+    let out = d.dbus_send(
+        "org.rtmd.Dut1.Console.WaitFor",
+        &["string:U-Boot", "uint32:300"],
+    );
+    assert!(
+        text(&out.stderr).contains("Error.Timeout"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let mut cmd = Command::new("busctl");
+    cmd.arg(format!("--address={}", d.bus)).args([
+        "--timeout=30",
+        "call",
+        &name,
+        "/org/rtmd/Dut1",
+        "org.rtmd.Dut1.Console",
+        "WaitFor",
+        "su",
+        "rpi4-01 login: $",
+        "20000",
+    ]);
+    let waiter = Proc::spawn("busctl WaitFor", cmd, true);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(ok_line(&d.rtmctl(&["power", "on"])), "rpi4-01: power on");
+    waiter.wait_line("s \"rpi4-01 login: \"");
+    strip.wait_line("board login prompt");
+
+    // A real shell behind the login, through rtmctl console in pipe mode.
+    let mut child = Command::new(bin("rtmctl"))
+        .args(["--bus-address", &d.bus, "--dut", "rpi4-01", "console"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    eventually("attached", || {
+        d.property("org.rtmd.Dut1.Console", "Clients") == "u 1"
+    });
+    stdin.write_all(b"root\recho answer-$((6*7))\r").unwrap();
+    let mut out = child.stdout.take().unwrap();
+    read_until(&mut out, b"answer-42");
+    drop(stdin);
+    let _ = child.wait();
+
+    // Power off: the board goes silent; the log has the whole boot.
+    assert_eq!(ok_line(&d.rtmctl(&["power", "off"])), "rpi4-01: power off");
+    strip.wait_line("board off");
+    let log = std::fs::read_to_string(dir.path().join("log/console.log")).unwrap();
+    assert!(log.contains("U-Boot 2024.01-rtm-sim"), "{log}");
+    assert!(log.contains("Z answer-42"), "{log}");
+}

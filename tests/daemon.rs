@@ -254,6 +254,27 @@ fn demo_runs_on_a_private_bus_and_switches_off_on_stop() {
         ok_line(&rtmctl(&["power", "status"])),
         "demo: power on, 5.10 V, 0.510 A (setpoint 5.10 V)"
     );
+    // The simulated board boots on the demo's console.
+    let out = busctl(
+        &address,
+        &[
+            "--timeout=30",
+            "call",
+            "org.rtmd.Dut1.demo",
+            "/org/rtmd/Dut1",
+            "org.rtmd.Dut1.Console",
+            "WaitFor",
+            "su",
+            "demo login: ",
+            "20000",
+        ],
+    );
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "s \"demo login: \"",
+        "{}",
+        text(&out.stderr)
+    );
     assert_eq!(
         ok_line(&rtmctl(&["power", "profile", "low"])),
         "demo: profile low, 4.60 V"

@@ -95,7 +95,7 @@ async fn prepare(bus: Option<BusChoice>) -> Result<Demo, String> {
         BusChoice::System => "export RTM_BUS=system".to_string(),
     };
     println!(
-        "rtmd demo: board \"demo\" with a simulated DPM8605 supply on {}",
+        "rtmd demo: a simulated board \"demo\" fed by a simulated DPM8605 supply, on {}",
         bus.describe()
     );
     println!("  in another shell:  {how} RTM_DUT=demo");

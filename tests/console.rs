@@ -710,3 +710,64 @@ fn the_simulated_board_boots_when_rtmd_switches_its_power() {
     assert!(log.contains("U-Boot 2024.01-rtm-sim"), "{log}");
     assert!(log.contains("Z answer-42"), "{log}");
 }
+
+#[test]
+fn unix_socket_clients_and_input_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("console.sock");
+    let mut r = rig(&format!(
+        "unix = \"{}\"\ninput = \"first\"\n",
+        sock.display()
+    ));
+    let mut first = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    first
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    eventually("first counted", || {
+        r.daemon.property("org.rtmd.Dut1.Console", "Clients") == "u 1"
+    });
+    let mut second = tcp(&addr(&r.daemon, "TcpRawAddress"));
+    eventually("second counted", || {
+        r.daemon.property("org.rtmd.Dut1.Console", "Clients") == "u 2"
+    });
+    r.board.write_all(b"both see this\n").unwrap();
+    read_until(&mut first, b"both see this\n");
+    read_until(&mut second, b"both see this\n");
+    // Only the first connected client may type; the second only watches.
+    second.write_all(b"ignored\n").unwrap();
+    first.write_all(b"accepted\n").unwrap();
+    let mut board_in = r.board.try_clone().unwrap();
+    assert_eq!(read_until(&mut board_in, b"accepted\n"), b"accepted\n");
+    // When the first leaves, the second may type.
+    drop(first);
+    eventually("first gone", || {
+        r.daemon.property("org.rtmd.Dut1.Console", "Clients") == "u 1"
+    });
+    second.write_all(b"now mine\n").unwrap();
+    assert_eq!(read_until(&mut board_in, b"now mine\n"), b"now mine\n");
+}
+
+#[test]
+fn rtmctl_console_log_follow_sees_new_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_dir = dir.path().join("log");
+    let mut r = rig(&format!("log_dir = \"{}\"\n", log_dir.display()));
+    r.board.write_all(b"first line\n").unwrap();
+    eventually("logged", || {
+        std::fs::read_to_string(log_dir.join("console.log")).is_ok_and(|l| l.contains("first line"))
+    });
+    let mut cmd = Command::new(bin("rtmctl"));
+    cmd.args([
+        "--bus-address",
+        &r.daemon.bus,
+        "--dut",
+        "con-1",
+        "console",
+        "--log",
+        "--follow",
+    ]);
+    let follow = Proc::spawn("rtmctl console --log --follow", cmd, true);
+    follow.wait_line("Z first line");
+    r.board.write_all(b"second line\n").unwrap();
+    follow.wait_line("Z second line");
+}

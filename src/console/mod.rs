@@ -139,6 +139,7 @@ impl Console {
             input: input_rx,
             status: status_tx,
             log,
+            log_failing: false,
         };
         tokio::spawn(owner.run());
         Ok(console)

@@ -36,6 +36,8 @@ pub struct Owner {
     pub input: mpsc::Receiver<Input>,
     pub status: watch::Sender<ConsoleStatus>,
     pub log: Option<ConsoleLog>,
+    /// The log could not be written last time (warned about once).
+    pub log_failing: bool,
 }
 
 fn open(config: &ConsoleConfig) -> Result<SerialStream, String> {
@@ -141,10 +143,16 @@ impl Owner {
                     Ok(0) => return Some("end of file".to_string()),
                     Ok(_) => {
                         let chunk = buf.split().freeze();
-                        if let Some(log) = self.log.as_mut()
-                            && let Err(e) = log.write(&chunk, SystemTime::now())
-                        {
-                            warn!(subsystem = "console", "cannot write the console log: {e}");
+                        if let Some(log) = self.log.as_mut() {
+                            match log.write(&chunk, SystemTime::now()) {
+                                // Said once per failure spell, not once per chunk (a full disk).
+                                Err(e) if !self.log_failing => {
+                                    warn!(subsystem = "console", "cannot write the console log: {e}");
+                                    self.log_failing = true;
+                                }
+                                Err(_) => {}
+                                Ok(()) => self.log_failing = false,
+                            }
                         }
                         self.hub.publish(&chunk);
                     }

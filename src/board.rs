@@ -9,7 +9,8 @@ use tracing::{info, warn};
 
 use crate::bus;
 use crate::config::{Config, OnStop};
-use crate::console::{Console, ConsoleError};
+use crate::console::Console;
+use crate::pdu_api;
 use crate::power::{Power, PowerState, PowerStatus};
 
 /// How long stopping may spend switching the board off before giving up (systemd's stop
@@ -26,15 +27,18 @@ impl Board {
     /// Spawns the subsystems' owner tasks and binds their listeners. Must run inside the
     /// tokio runtime. Fails only for what a restart cannot fix by waiting (a TCP port
     /// taken by another program); hardware that is not there yet is not an error.
-    pub async fn build(config: Config) -> Result<Board, ConsoleError> {
+    pub async fn build(config: Config) -> Result<Board, String> {
         for section in &config.pending_sections {
             warn!("[{section}] is configured but not served by this version of rtmd yet");
         }
         let power = config.power.as_ref().map(Power::spawn);
         let console = match &config.console {
-            Some(c) => Some(Console::start(c).await?),
+            Some(c) => Some(Console::start(c).await.map_err(|e| e.to_string())?),
             None => None,
         };
+        if let (Some(api), Some(power)) = (&config.pdudaemon_api, &power) {
+            pdu_api::start(api, power.clone()).await?;
+        }
         Ok(Board {
             config,
             power,

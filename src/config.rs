@@ -50,6 +50,7 @@ pub struct Config {
     pub name: String,
     pub power: Option<PowerConfig>,
     pub console: Option<ConsoleConfig>,
+    pub pdudaemon_api: Option<PduApiConfig>,
     /// Sections of the config contract that a later subsystem will own; kept so that a
     /// complete lab config validates today. The daemon warns that they are not served yet.
     pub pending_sections: Vec<&'static str>,
@@ -180,6 +181,19 @@ pub struct ConsoleConfig {
     pub client_buffer: usize,
 }
 
+/// `[pdudaemon_api]`: answer pdudaemon's protocols for this board's power.
+#[derive(Debug, Clone)]
+pub struct PduApiConfig {
+    /// HTTP listener (`GET /power/control/...`).
+    pub http: Option<SocketAddr>,
+    /// Legacy TCP line listener.
+    pub tcp: Option<SocketAddr>,
+    /// The PDU name requests must give (`hostname=`); default: the board name.
+    pub hostname: String,
+    /// The PDU port requests must give (`port=`).
+    pub port: u16,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Parity {
     None,
@@ -235,6 +249,7 @@ struct RawConfig {
     storage: Option<RawStorage>,
     capture: Option<RawCapture>,
     access: Option<RawAccess>,
+    pdudaemon_api: Option<Spanned<RawPduApi>>,
 }
 
 type S<T> = Option<Spanned<T>>;
@@ -294,6 +309,15 @@ struct RawConsole {
     log_keep: S<u32>,
     input: S<String>,
     client_buffer_kib: S<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPduApi {
+    listen: S<String>,
+    listen_tcp: S<String>,
+    hostname: S<String>,
+    port: S<u16>,
 }
 
 #[derive(Deserialize)]
@@ -432,6 +456,32 @@ fn validate(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         Some(c) => Some(validate_console(cx, c)?),
         None => None,
     };
+    let pdudaemon_api = match &raw.pdudaemon_api {
+        Some(section) => {
+            let api = section.get_ref();
+            let http = socket_addr(cx, &api.listen, "listen")?;
+            let tcp = socket_addr(cx, &api.listen_tcp, "listen_tcp")?;
+            if http.is_none() && tcp.is_none() {
+                return Err(cx.at(
+                    section,
+                    "[pdudaemon_api] needs `listen` (HTTP) or `listen_tcp` (legacy TCP)",
+                ));
+            }
+            if power.is_none() {
+                return Err(cx.at(section, "[pdudaemon_api] needs a [power] section to switch"));
+            }
+            Some(PduApiConfig {
+                http,
+                tcp,
+                hostname: api
+                    .hostname
+                    .as_ref()
+                    .map_or_else(|| raw.name.get_ref().clone(), |h| h.get_ref().clone()),
+                port: api.port.as_ref().map_or(1, |p| *p.get_ref()),
+            })
+        }
+        None => None,
+    };
     let pending_sections = [
         ("images", raw.images.is_some()),
         ("nbd", raw.nbd.is_some()),
@@ -447,6 +497,7 @@ fn validate(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         name: raw.name.into_inner(),
         power,
         console,
+        pdudaemon_api,
         pending_sections,
         warnings,
     })

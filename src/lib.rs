@@ -7,6 +7,7 @@ pub mod config;
 pub mod console;
 pub mod daemon;
 pub mod demo;
+pub mod pdu_api;
 pub mod power;
 pub mod sim;
 pub mod systemd;

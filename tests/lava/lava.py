@@ -1,0 +1,83 @@
+#!/usr/bin/python3
+"""Debian's LAVA dispatcher (lava-dispatcher 2023.01), run from the debs scripts/lava-setup
+unpacked, without a LAVA server.
+
+  lava.py render ROOT DICTIONARY OUT      device dictionary -> device YAML, as lava-server does
+  lava.py run ROOT DOWNLOAD_DIR ARGS...   lava-run ARGS, with its download folder moved
+  lava.py results LOG                     the results in a job log: `DEFINITION CASE RESULT`
+
+ROOT is the folder the debs were unpacked into. DOWNLOAD_DIR replaces
+/var/lib/lava/dispatcher/tmp: the dispatcher puts the test overlay there and the board fetches
+it from http://<dispatcher_http_ip>/tmp/..., so whoever serves HTTP serves DOWNLOAD_DIR's
+parent and DOWNLOAD_DIR must be named `tmp`.
+"""
+
+import os
+import runpy
+import sys
+import types
+
+PACKAGES = "usr/lib/python3/dist-packages"
+DEVICE_TYPES = "usr/share/lava-server/device-types"
+
+
+def render(root, dictionary, out):
+    """Renders like lava-server: a sandboxed jinja2 over the dictionary's folder and the
+    device-type templates."""
+    import jinja2.sandbox
+    import yaml
+
+    env = jinja2.sandbox.SandboxedEnvironment(
+        loader=jinja2.FileSystemLoader(
+            [os.path.dirname(os.path.abspath(dictionary)), os.path.join(root, DEVICE_TYPES)]
+        ),
+        trim_blocks=True,
+        autoescape=False,
+    )
+    text = env.get_template(os.path.basename(dictionary)).render()
+    yaml.safe_load(text)  # fail here, not inside lava-run, on a broken dictionary
+    with open(out, "w") as f:
+        f.write(text)
+
+
+def run(root, download_dir, args):
+    # guestfs is imported at module level but used only by guestfs deploys; Debian's
+    # python3-guestfs pulls an old qemu that clashes with the host's.
+    sys.modules.setdefault("guestfs", types.ModuleType("guestfs"))
+    sys.path.insert(0, os.path.join(root, PACKAGES))
+
+    import lava_common.constants
+
+    # Before any lava_dispatcher module copies it with `from ... import`.
+    lava_common.constants.DISPATCHER_DOWNLOAD_DIR = download_dir
+    os.makedirs(download_dir, exist_ok=True)
+
+    sys.argv = ["lava-run", *args]
+    runpy.run_path(os.path.join(root, "usr/bin/lava-run"), run_name="__main__")
+
+
+def results(log):
+    """lava-run writes its log as YAML, one mapping a line; results are `lvl: results`."""
+    import yaml
+
+    with open(log) as f:
+        for line in f:
+            if '"lvl": "results"' not in line:
+                continue
+            msg = yaml.safe_load(line)["msg"]
+            print(msg["definition"], msg["case"], msg["result"])
+
+
+def main():
+    if len(sys.argv) == 5 and sys.argv[1] == "render":
+        render(*sys.argv[2:])
+    elif len(sys.argv) == 3 and sys.argv[1] == "results":
+        results(sys.argv[2])
+    elif len(sys.argv) >= 4 and sys.argv[1] == "run":
+        run(sys.argv[2], sys.argv[3], sys.argv[4:])
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main()

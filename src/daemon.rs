@@ -81,20 +81,51 @@ pub async fn run(config: Config, bus_choice: &BusChoice) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Keeps `STATUS=` in step with the power status.
+/// Keeps `STATUS=` in step with the power and console status (what `systemctl status`
+/// shows), e.g. "power on, 5.10 V, 0.510 A; console connected, 2 clients".
 fn spawn_status(board: &Board) {
-    let Some(power) = &board.power else {
-        systemd::notify_status("no power control configured");
-        return;
-    };
-    let mut rx = power.subscribe();
+    let mut power = board.power.as_ref().map(|p| p.subscribe());
+    let console = board.console.clone();
+    let mut console_status = console.as_ref().map(|c| c.subscribe_status());
+    let mut clients = console.as_ref().map(|c| c.subscribe_clients());
     tokio::spawn(async move {
         loop {
-            let line = status_line(&rx.borrow_and_update());
-            systemd::notify_status(&line);
-            if rx.changed().await.is_err() {
-                break;
+            let mut parts = Vec::new();
+            if let Some(rx) = power.as_mut() {
+                parts.push(status_line(&rx.borrow_and_update()));
+            }
+            if let (Some(st), Some(cl)) = (console_status.as_mut(), clients.as_mut()) {
+                let connected = st.borrow_and_update().connected;
+                let n = *cl.borrow_and_update();
+                parts.push(format!(
+                    "console {}, {n} client{}",
+                    if connected {
+                        "connected"
+                    } else {
+                        "disconnected"
+                    },
+                    if n == 1 { "" } else { "s" }
+                ));
+            }
+            if parts.is_empty() {
+                parts.push("no subsystems configured".to_string());
+            }
+            systemd::notify_status(&parts.join("; "));
+            tokio::select! {
+                _ = changed(power.as_mut()) => {}
+                _ = changed(console_status.as_mut()) => {}
+                _ = changed(clients.as_mut()) => {}
             }
         }
     });
+}
+
+/// Resolves on the next change; never for an absent or closed channel.
+async fn changed<T>(rx: Option<&mut tokio::sync::watch::Receiver<T>>) {
+    if let Some(rx) = rx
+        && rx.changed().await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
 }

@@ -149,6 +149,20 @@ impl Subscription {
         Some(chunk)
     }
 
+    /// Appends every chunk already queued to `out`, up to `limit` bytes in all, without
+    /// waiting: a client that fell a little behind gets one write instead of many.
+    pub fn drain_ready(&mut self, out: &mut Vec<u8>, limit: usize) {
+        while out.len() < limit {
+            match self.rx.try_recv() {
+                Ok(chunk) => {
+                    self.queued.fetch_sub(chunk.len(), Ordering::Relaxed);
+                    out.extend_from_slice(&chunk);
+                }
+                Err(_) => break,
+            }
+        }
+    }
+
     /// Resolves when the hub drops this subscriber (to abandon a write that never ends).
     pub async fn dropped(&mut self) {
         while self.alive.changed().await.is_ok() {}

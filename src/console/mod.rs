@@ -63,6 +63,8 @@ pub struct Console {
 
 /// Longest a `WaitFor` may wait: a mistake beyond that, not a boot.
 pub const MAX_WAIT: Duration = Duration::from_secs(3600);
+/// Most output gathered into one write to a client.
+const BATCH: usize = 256 * 1024;
 /// How much recent output `WaitFor` keeps to match against.
 const WAIT_WINDOW: usize = 64 * 1024;
 
@@ -321,10 +323,22 @@ where
                     None => break,
                 },
             };
-            let data = if telnet {
-                Bytes::from(telnet::escape(&chunk))
-            } else {
+            // Whatever else is already queued goes out in the same write (fewer, larger
+            // sends when the board is fast; no waiting when it is not).
+            let mut more = Vec::new();
+            sub.drain_ready(&mut more, BATCH);
+            let data = if more.is_empty() {
                 chunk
+            } else {
+                let mut all = Vec::with_capacity(chunk.len() + more.len());
+                all.extend_from_slice(&chunk);
+                all.extend_from_slice(&more);
+                Bytes::from(all)
+            };
+            let data = if telnet {
+                Bytes::from(telnet::escape(&data))
+            } else {
+                data
             };
             // A client that never reads must not keep this task forever: the hub drops
             // it once too far behind, which ends the write.

@@ -142,6 +142,14 @@ impl Owner {
                 read = port.read_buf(&mut buf) => match read {
                     Ok(0) => return Some("end of file".to_string()),
                     Ok(_) => {
+                        // Take what else the port already holds (a pty hands out 4 KiB per
+                        // read) so one burst is one chunk for the log and every client.
+                        while buf.len() < READ_CHUNK {
+                            match tokio::time::timeout(Duration::ZERO, port.read_buf(&mut buf)).await {
+                                Ok(Ok(n)) if n > 0 => {}
+                                _ => break,
+                            }
+                        }
                         let chunk = buf.split().freeze();
                         if let Some(log) = self.log.as_mut() {
                             match log.write(&chunk, SystemTime::now()) {

@@ -5,11 +5,14 @@
 //! connected throughout. A port missing at start is not fatal: it is simply not there yet.
 
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_serial::{SerialPort, SerialPortBuilderExt, SerialStream};
 use tracing::{info, warn};
@@ -134,6 +137,7 @@ impl Owner {
     /// Serves the open port until it fails (returns why) or the input channel closes (`None`).
     async fn pump(&mut self, mut port: SerialStream) -> Option<String> {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let mut extra = vec![0u8; 16 * 1024];
         loop {
             if buf.capacity() < READ_CHUNK / 4 {
                 buf.reserve(READ_CHUNK);
@@ -144,9 +148,11 @@ impl Owner {
                     Ok(_) => {
                         // Take what else the port already holds (a pty hands out 4 KiB per
                         // read) so one burst is one chunk for the log and every client.
+                        // Polled once each, never waited for: a timer of zero would
+                        // still wait for the timer wheel's next tick (1 ms).
                         while buf.len() < READ_CHUNK {
-                            match tokio::time::timeout(Duration::ZERO, port.read_buf(&mut buf)).await {
-                                Ok(Ok(n)) if n > 0 => {}
+                            match read_ready(&mut port, &mut extra).await {
+                                Some(n) if n > 0 => buf.extend_from_slice(&extra[..n]),
                                 _ => break,
                             }
                         }
@@ -212,6 +218,19 @@ impl Owner {
             let _ = log.note(text, SystemTime::now());
         }
     }
+}
+
+/// Reads what the port has right now, without waiting: `None` when nothing is ready (or on
+/// an error, which the next ordinary read reports).
+async fn read_ready(port: &mut SerialStream, into: &mut [u8]) -> Option<usize> {
+    std::future::poll_fn(|cx| {
+        let mut rb = ReadBuf::new(into);
+        Poll::Ready(match Pin::new(&mut *port).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) => Some(rb.filled().len()),
+            _ => None,
+        })
+    })
+    .await
 }
 
 /// A real break: the line held low for [`BREAK`].

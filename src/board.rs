@@ -71,7 +71,7 @@ impl Board {
     pub fn probe(&self) {
         if let Some(power) = self.power.clone() {
             tokio::spawn(async move {
-                match power.refresh().await {
+                match power.probe().await {
                     Ok(state) => info!(subsystem = "power", "initial state {}", state.as_str()),
                     Err(e) => warn!(subsystem = "power", "cannot read the initial state: {e}"),
                 }

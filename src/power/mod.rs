@@ -196,12 +196,16 @@ impl SupplyLimits {
     }
 }
 
+/// Poll interval while a supply does not answer: polls must not crowd out real requests.
+const POLL_WHILE_FAILING: Duration = Duration::from_secs(10);
+
 enum Request {
     Switch(bool, oneshot::Sender<Result<PowerState, PowerError>>),
     Cycle(Duration, oneshot::Sender<Result<PowerState, PowerError>>),
     SetVoltage(f64, oneshot::Sender<Result<(), PowerError>>),
     SetCurrentLimit(f64, oneshot::Sender<Result<(), PowerError>>),
-    Refresh(oneshot::Sender<Result<PowerState, PowerError>>),
+    /// Read the state; `true`: with the configured retries (a caller waits for the answer).
+    Refresh(bool, oneshot::Sender<Result<PowerState, PowerError>>),
 }
 
 /// Handle to the power task. Cheap to clone; all clones talk to the same device owner.
@@ -303,7 +307,13 @@ impl Power {
 
     /// Reads the state from the hardware (does not switch).
     pub async fn refresh(&self) -> Result<PowerState, PowerError> {
-        self.ask(Request::Refresh).await?
+        self.ask(|r| Request::Refresh(true, r)).await?
+    }
+
+    /// The start-up read: one attempt, so a dead device does not hold up the first real
+    /// request (a LAVA hook) behind a round of retries.
+    pub async fn probe(&self) -> Result<PowerState, PowerError> {
+        self.ask(|r| Request::Refresh(false, r)).await?
     }
 
     pub async fn set_voltage(&self, volts: f64) -> Result<(), PowerError> {
@@ -385,13 +395,21 @@ impl Owner {
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                // Requests first: a caller (a LAVA hook with a 10 s timeout) must never wait
+                // behind a queue of measurement polls.
+                biased;
                 request = rx.recv() => match request {
                     Some(request) => self.handle(request).await,
                     None => break,
                 },
                 // Only supplies are polled: a strip session per second would lock out the
-                // strip's other clients (it serves one session at a time).
-                _ = poll.tick(), if self.is_supply => self.measure().await,
+                // strip's other clients (it serves one session at a time). A poll is one
+                // attempt; while the supply does not answer, polls back off.
+                _ = poll.tick(), if self.is_supply => {
+                    if !self.measure_with(0).await {
+                        poll.reset_at(tokio::time::Instant::now() + self.poll_interval.max(POLL_WHILE_FAILING));
+                    }
+                }
             }
         }
     }
@@ -399,7 +417,13 @@ impl Owner {
     /// Reads a supply's measurements into the status; a failure is already logged and kept
     /// in `last_error`.
     async fn measure(&mut self) {
-        if let Ok(Done::Measured(m)) = self.run_op(Op::Measure).await {
+        self.measure_with(self.retries).await;
+    }
+
+    /// [`Self::measure`] with a given number of retries; false if the supply did not answer.
+    async fn measure_with(&mut self, retries: u32) -> bool {
+        let done = self.run_op_with(Op::Measure, retries).await;
+        if let Ok(Done::Measured(m)) = done {
             self.status.send_if_modified(|s| {
                 let mut changed = s.measured != Some(m);
                 s.measured = Some(m);
@@ -409,6 +433,9 @@ impl Owner {
                 }
                 changed
             });
+            true
+        } else {
+            false
         }
     }
 
@@ -427,8 +454,9 @@ impl Owner {
                 };
                 let _ = reply.send(result);
             }
-            Request::Refresh(reply) => {
-                let result = self.run_op(Op::State).await.map(|d| match d {
+            Request::Refresh(full, reply) => {
+                let retries = if full { self.retries } else { 0 };
+                let result = self.run_op_with(Op::State, retries).await.map(|d| match d {
                     Done::State(s) => s,
                     _ => PowerState::Unknown,
                 });
@@ -495,6 +523,10 @@ impl Owner {
 
     /// Runs one operation with a timeout per attempt and retries with doubling backoff.
     async fn run_op(&mut self, op: Op) -> Result<Done, PowerError> {
+        self.run_op_with(op, self.retries).await
+    }
+
+    async fn run_op_with(&mut self, op: Op, retries: u32) -> Result<Done, PowerError> {
         let mut backoff = self.backoff;
         let mut attempt = 0;
         loop {
@@ -513,7 +545,7 @@ impl Owner {
                         .send_if_modified(|s| replace(&mut s.last_error, None));
                     return Ok(done);
                 }
-                Err(e) if e.is_transient() && attempt < self.retries => {
+                Err(e) if e.is_transient() && attempt < retries => {
                     attempt += 1;
                     warn!(
                         subsystem = "power",

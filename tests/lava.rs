@@ -1,12 +1,15 @@
 //! LAVA end to end: Debian's real dispatcher (`lava-run` from lava-dispatcher 2023.01) runs
-//! jobs on a simulated board through rtmd, with the device dictionary's hooks all `rtmctl`
-//! calls, as a lab would write them (docs/lava.md).
+//! jobs on a simulated board through rtmd, with the device dictionaries a lab pastes
+//! (contrib/lava/, docs/lava.md): every hook an `rtmctl` call.
 //!
-//! `scripts/lava-setup` makes lava-run available (unpacked debs in `target/lava/`); the
-//! jobs, device dictionaries and a small Python wrapper are in `tests/lava/`. Each test starts
-//! its own bus, simulator (a strip or a lab supply whose output feeds a simulated board with a
-//! real shell), rtmd, and an HTTP server for the dispatcher (the board's shell downloads the
-//! test overlay from it), all on loopback.
+//! `scripts/lava-setup` makes lava-run available (unpacked debs in `target/lava/`); the jobs
+//! and a small Python wrapper are in `tests/lava/`. The dictionaries are contrib/lava/'s,
+//! verbatim but for the folder the simulated board's shell runs in (and the telnet port): the
+//! hooks say plain `rtmctl`, found on the PATH lava-run gets (the built one first), and
+//! `RTM_BUS_ADDRESS` points them at the test's private bus. Each test starts its own bus,
+//! simulator (a strip or a lab supply whose output feeds a simulated board with a real shell),
+//! rtmd, and an HTTP server for the dispatcher (the board's shell downloads the test overlay
+//! from it), all on loopback.
 //!
 //! Timing figures are printed (`cargo test --test lava -- --nocapture`), never asserted.
 
@@ -16,7 +19,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -34,6 +37,11 @@ fn here() -> PathBuf {
 
 fn files() -> PathBuf {
     here().join("tests/lava")
+}
+
+/// The device-type template and the device dictionaries a lab pastes.
+fn contrib() -> PathBuf {
+    here().join("contrib/lava")
 }
 
 /// Where scripts/lava-setup unpacked lava-dispatcher; runs it once per test binary.
@@ -59,8 +67,20 @@ fn lava_root() -> &'static Path {
     })
 }
 
-fn rtmctl() -> String {
-    bin("rtmctl").display().to_string()
+/// A device dictionary of contrib/lava/ as a lab pastes it, with `replace` applied (each must
+/// occur) and the folder the simulated board's test shell uses, `lava_test_results_dir`,
+/// added (a real board's is `/lava-<job>`; the simulated board's shell runs on this host).
+fn dictionary(file: &str, replace: &[(&str, &str)], home: &Path) -> String {
+    let mut s = std::fs::read_to_string(contrib().join(file)).unwrap();
+    for (from, to) in replace {
+        assert!(s.contains(from), "contrib/lava/{file} has no {from:?}");
+        s = s.replace(from, to);
+    }
+    s.push_str(&format!(
+        "{{% set lava_test_results_dir = '{}/lava-%s' %}}\n",
+        home.display()
+    ));
+    s
 }
 
 /// Replaces the `@name@` placeholders of a file in tests/lava/; fails on one left over.
@@ -119,35 +139,73 @@ impl Dispatcher {
         Dispatcher { dir, _http: http }
     }
 
-    /// Renders the device dictionary (already filled in) to device YAML, as lava-server does.
+    /// Renders the device dictionary (already filled in) to device YAML, as lava-server does
+    /// with contrib/lava/rtmd.jinja2 installed beside its own device types, and checks it
+    /// against LAVA's device schema.
     fn device(&self, name: &str, dictionary: &str) -> PathBuf {
-        let dict = self.dir.path().join(format!("{name}.jinja2"));
-        std::fs::write(&dict, dictionary).unwrap();
-        let yaml = self.dir.path().join(format!("{name}.yaml"));
-        let out = Command::new(PYTHON)
-            .arg(files().join("lava.py"))
-            .arg("render")
-            .arg(lava_root())
-            .arg(&dict)
-            .arg(&yaml)
-            .output()
-            .unwrap();
+        let out = self.render(name, dictionary);
         assert!(
             out.status.success(),
             "rendering {name}: {}",
             text(&out.stderr)
         );
-        yaml
+        self.dir.path().join(format!("{name}.yaml"))
     }
 
-    /// Runs one job with lava-run and waits for its end.
-    fn run(&self, id: u32, device: &Path, job: &str) -> Job {
+    fn render(&self, name: &str, dictionary: &str) -> Output {
+        let dict = self.dir.path().join(format!("{name}.jinja2"));
+        std::fs::write(&dict, dictionary).unwrap();
+        Command::new(PYTHON)
+            .arg(files().join("lava.py"))
+            .arg("render")
+            .arg(lava_root())
+            .arg(&dict)
+            .arg(self.dir.path().join(format!("{name}.yaml")))
+            .arg(contrib())
+            .output()
+            .unwrap()
+    }
+
+    /// The `commands` section of a device YAML: hooks by key (`power_on`,
+    /// `users.low_voltage.undo`, `connections.uart0.tags` as "primary,telnet").
+    fn commands(&self, device: &Path) -> BTreeMap<String, String> {
+        let out = Command::new(PYTHON)
+            .arg(files().join("lava.py"))
+            .arg("commands")
+            .arg(device)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// Runs one job with lava-run and waits for its end. The hooks find the built `rtmctl`
+    /// first on their PATH, and talk to `bus` (RTM_BUS_ADDRESS; empty: none set).
+    fn run(&self, id: u32, device: &Path, job: &str, bus: &str) -> Job {
         let job_file = self.dir.path().join(format!("job-{id}.yaml"));
         std::fs::write(&job_file, job).unwrap();
         let log_path = self.dir.path().join(format!("job-{id}.log"));
         let output = self.dir.path().join(format!("output-{id}"));
+        let path = std::env::join_paths(
+            std::iter::once(bin("rtmctl").parent().unwrap().to_path_buf()).chain(
+                std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new(PYTHON);
+        cmd.env("PATH", path)
+            .env_remove("RTM_BUS")
+            .env_remove("RTM_BUS_ADDRESS")
+            .env_remove("RTM_DUT");
+        if !bus.is_empty() {
+            cmd.env("RTM_BUS_ADDRESS", bus);
+        }
         let start = Instant::now();
-        let mut child = Command::new(PYTHON)
+        let mut child = cmd
             .arg(files().join("lava.py"))
             .arg("run")
             .arg(lava_root())
@@ -349,6 +407,12 @@ struct StripLab {
 
 impl StripLab {
     fn start() -> StripLab {
+        Self::start_with(2)
+    }
+
+    /// The board on outlet 2, rtmd configured to switch `outlet` (another one: a lab's
+    /// wiring mistake, the board never powers up).
+    fn start_with(outlet: u32) -> StripLab {
         let bus = Bus::start();
         let dir = tempfile::tempdir().unwrap();
         let console = dir.path().join("console");
@@ -369,7 +433,7 @@ impl StripLab {
         ]);
         let config = format!(
             "name = \"rpi4-01\"\n[power]\nbackend = \"egpms\"\nhost = \"127.0.0.1\"\nport = {port}\n\
-             outlet = 2\ncycle_off_ms = 100\n[console]\ndevice = \"{}\"\ntcp = \"127.0.0.1:0\"\n\
+             outlet = {outlet}\ncycle_off_ms = 100\n[console]\ndevice = \"{}\"\ntcp = \"127.0.0.1:0\"\n\
              log_dir = \"{}\"\n",
             console.display(),
             dir.path().join("log").display()
@@ -392,10 +456,9 @@ impl StripLab {
         }
     }
 
+    /// The job files' placeholders.
     fn values(&self) -> Vec<(&'static str, String)> {
         vec![
-            ("rtmctl", rtmctl()),
-            ("bus", self.daemon.bus.clone()),
             ("home", self.home.display().to_string()),
             ("board", "rpi4-01".to_string()),
         ]
@@ -418,6 +481,72 @@ impl StripLab {
     }
 }
 
+/// A board fed by a simulated lab supply (DPM86xx, ASCII protocol) run by rtmd, with the
+/// supply of config/dpm86xx.toml: its profile low (4.6 V) is below the board's brown-out
+/// (4.75 V).
+struct SupplyLab {
+    supply: Proc,
+    daemon: Daemon,
+    board: String,
+    home: PathBuf,
+    _dir: tempfile::TempDir,
+    _bus: Bus,
+}
+
+impl SupplyLab {
+    fn start(board: &str) -> SupplyLab {
+        let bus = Bus::start();
+        let dir = tempfile::tempdir().unwrap();
+        let psu = dir.path().join("psu");
+        let console = dir.path().join("console");
+        let home = dir.path().join("home");
+        let (supply, _) = sim(&[
+            "dpm86xx",
+            "--pty",
+            psu.to_str().unwrap(),
+            "--protocol",
+            "ascii",
+            "--board-console",
+            console.to_str().unwrap(),
+            "--board-name",
+            board,
+            "--autoboot-secs",
+            "1",
+            "--line-delay-ms",
+            "1",
+            "--board-home",
+            home.to_str().unwrap(),
+        ]);
+        let config = format!(
+            "name = \"{board}\"\n[power]\nbackend = \"dpm86xx\"\nprotocol = \"ascii\"\ndevice = \"{}\"\n\
+             voltage = 5.1\ncurrent_limit = 2.0\nvoltage_range = [4.0, 5.8]\n\
+             profiles = {{ low = 4.6, nominal = 5.1, high = 5.6 }}\npoll_ms = 1000\ncycle_off_ms = 100\n\
+             [console]\ndevice = \"{}\"\n",
+            psu.display(),
+            console.display()
+        );
+        let daemon = Daemon::start(&bus, &config);
+        eventually("rtmd opened the board's console", || {
+            daemon.property("org.rtmd.Dut1.Console", "Connected") == "b true"
+        });
+        SupplyLab {
+            supply,
+            daemon,
+            board: board.to_string(),
+            home,
+            _dir: dir,
+            _bus: bus,
+        }
+    }
+
+    fn values(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("home", self.home.display().to_string()),
+            ("board", self.board.clone()),
+        ]
+    }
+}
+
 /// Asserts that a simulator printed lines containing `needles`, in this order.
 fn in_order(p: &Proc, needles: &[&str]) {
     let lines = p.lines.lock().unwrap().clone();
@@ -434,13 +563,39 @@ fn in_order(p: &Proc, needles: &[&str]) {
     }
 }
 
+/// The hooks a job ran, from `--dut` on: "'rpi4-01' 'power' 'cycle'", after checking that
+/// each was a plain `rtmctl` (found on PATH, as on a dispatcher).
+fn hooks(job: &Job) -> Vec<String> {
+    job.calls()
+        .iter()
+        .map(|c| {
+            let (command, args) = c
+                .split_once(" '--dut' ")
+                .unwrap_or_else(|| panic!("not an rtmctl hook: {c}"));
+            assert!(
+                command.ends_with("'rtmctl'"),
+                "not an rtmctl hook: {c}\n{}",
+                job.readable_log()
+            );
+            args.to_string()
+        })
+        .collect()
+}
+
 /// Runs job 1 (minimal boot, test shell over `rtmctl console`) on a fresh lab.
 fn minimal_job_through_rtmd(id: u32) -> (StripLab, Job) {
     let lab = StripLab::start();
     let dispatcher = Dispatcher::start();
-    let values = lab.values();
-    let device = dispatcher.device("rpi4-01", &fill("rpi4-01.jinja2", &values));
-    let job = dispatcher.run(id, &device, &fill("job-minimal.yaml", &values));
+    let device = dispatcher.device(
+        "rpi4-01",
+        &dictionary("rpi4-rtmctl-console.jinja2", &[], &lab.home),
+    );
+    let job = dispatcher.run(
+        id,
+        &device,
+        &fill("job-minimal.yaml", &lab.values()),
+        &lab.daemon.bus,
+    );
     (lab, job)
 }
 
@@ -460,15 +615,11 @@ fn assert_minimal_job(lab: &StripLab, job: &Job) {
     assert_eq!(job.cases("0_smoke"), expected, "{}", job.readable_log());
 
     // The hooks were rtmctl: a hard reset (power cycle) to boot, power off at finalize.
-    let calls = job.calls();
-    let rtmctl = format!("'{}'", rtmctl());
-    assert!(
-        calls.len() == 2
-            && calls[0].contains(&rtmctl)
-            && calls[0].ends_with("'power' 'cycle'")
-            && calls[1].contains(&rtmctl)
-            && calls[1].ends_with("'power' 'off'"),
-        "hooks run: {calls:#?}"
+    assert_eq!(
+        hooks(job),
+        ["'rpi4-01' 'power' 'cycle'", "'rpi4-01' 'power' 'off'"],
+        "{}",
+        job.readable_log()
     );
     assert!(
         job.log.contains(">> rpi4-01: power on"),
@@ -539,16 +690,25 @@ fn job_1_minimal_boot_over_rtmctl_console() {
 fn job_2_minimal_boot_over_rtmd_telnet_listener() {
     let lab = StripLab::start();
     let dispatcher = Dispatcher::start();
-    let mut values = lab.values();
-    values.push(("telnet", lab.telnet()));
-    let device = dispatcher.device("rpi4-01-telnet", &fill("rpi4-01-telnet.jinja2", &values));
-    let job = dispatcher.run(2, &device, &fill("job-minimal.yaml", &values));
+    let telnet = lab.telnet();
+    let device = dispatcher.device(
+        "rpi4-01-telnet",
+        &dictionary(
+            "rpi4-telnet.jinja2",
+            &[("telnet 127.0.0.1 2000", &format!("telnet {telnet}"))],
+            &lab.home,
+        ),
+    );
+    let job = dispatcher.run(
+        2,
+        &device,
+        &fill("job-minimal.yaml", &lab.values()),
+        &lab.daemon.bus,
+    );
     assert_minimal_job(&lab, &job);
     assert!(
-        job.log.contains(&format!(
-            "Connecting to device using 'telnet {}'",
-            lab.telnet()
-        )),
+        job.log
+            .contains(&format!("Connecting to device using 'telnet {telnet}'")),
         "{}",
         job.readable_log()
     );
@@ -561,53 +721,10 @@ fn job_2_minimal_boot_over_rtmd_telnet_listener() {
     println!("job 2 (telnet): {:.2} s", job.elapsed.as_secs_f64());
 }
 
-#[test]
-fn job_3_low_voltage_user_command_browns_the_board_out_and_undo_restores_nominal() {
-    let bus = Bus::start();
-    let dir = tempfile::tempdir().unwrap();
-    let psu = dir.path().join("psu");
-    let console = dir.path().join("console");
-    let home = dir.path().join("home");
-    let (supply, _) = sim(&[
-        "dpm86xx",
-        "--pty",
-        psu.to_str().unwrap(),
-        "--protocol",
-        "ascii",
-        "--board-console",
-        console.to_str().unwrap(),
-        "--board-name",
-        "rpi4-lv",
-        "--autoboot-secs",
-        "1",
-        "--line-delay-ms",
-        "1",
-        "--board-home",
-        home.to_str().unwrap(),
-    ]);
-    // The supply of config/demo.toml: low (4.6 V) is below the board's brown-out (4.75 V).
-    let config = format!(
-        "name = \"rpi4-lv\"\n[power]\nbackend = \"dpm86xx\"\nprotocol = \"ascii\"\ndevice = \"{}\"\n\
-         voltage = 5.1\ncurrent_limit = 2.0\nvoltage_range = [4.0, 5.8]\n\
-         profiles = {{ low = 4.6, nominal = 5.1, high = 5.6 }}\npoll_ms = 1000\ncycle_off_ms = 100\n\
-         [console]\ndevice = \"{}\"\n",
-        psu.display(),
-        console.display()
-    );
-    let daemon = Daemon::start(&bus, &config);
-    eventually("rtmd opened the board's console", || {
-        daemon.property("org.rtmd.Dut1.Console", "Connected") == "b true"
-    });
-
-    let dispatcher = Dispatcher::start();
-    let values = vec![
-        ("rtmctl", rtmctl()),
-        ("bus", daemon.bus.clone()),
-        ("home", home.display().to_string()),
-        ("board", "rpi4-lv".to_string()),
-    ];
-    let device = dispatcher.device("rpi4-lv", &fill("rpi4-lv.jinja2", &values));
-    let job = dispatcher.run(3, &device, &fill("job-low-voltage.yaml", &values));
+/// What jobs 3 and 5 must show: the test at the nominal voltage passed, the user command
+/// low_voltage browned the board out, its undo restored the nominal voltage at cleanup.
+fn assert_low_voltage_job(lab: &SupplyLab, job: &Job) {
+    let board = &lab.board;
     job.assert_complete();
     job.assert_steps_passed();
     assert_eq!(
@@ -618,29 +735,26 @@ fn job_3_low_voltage_user_command_browns_the_board_out_and_undo_restores_nominal
     );
 
     // do, then power off at finalize, then undo at cleanup.
-    let calls: Vec<String> = job
-        .calls()
-        .iter()
-        .map(|c| c.rsplit(" '--dut' ").next().unwrap().to_string())
-        .collect();
     assert_eq!(
-        calls,
+        hooks(job),
         [
-            "'rpi4-lv' 'power' 'cycle'",
-            "'rpi4-lv' 'power' 'profile' 'low'",
-            "'rpi4-lv' 'power' 'off'",
-            "'rpi4-lv' 'power' 'profile' 'nominal'",
+            format!("'{board}' 'power' 'cycle'"),
+            format!("'{board}' 'power' 'profile' 'low'"),
+            format!("'{board}' 'power' 'off'"),
+            format!("'{board}' 'power' 'profile' 'nominal'"),
         ],
         "{}",
         job.readable_log()
     );
     assert!(
-        job.log.contains(">> rpi4-lv: profile low, 4.60 V"),
+        job.log
+            .contains(&format!(">> {board}: profile low, 4.60 V")),
         "{}",
         job.readable_log()
     );
     assert!(
-        job.log.contains(">> rpi4-lv: profile nominal, 5.10 V"),
+        job.log
+            .contains(&format!(">> {board}: profile nominal, 5.10 V")),
         "{}",
         job.readable_log()
     );
@@ -653,7 +767,7 @@ fn job_3_low_voltage_user_command_browns_the_board_out_and_undo_restores_nominal
     );
     // The supply's and the board's lines come from different threads: each in its order.
     in_order(
-        &supply,
+        &lab.supply,
         &[
             "set voltage 5.10",
             "output on at 5.10 V",
@@ -663,7 +777,7 @@ fn job_3_low_voltage_user_command_browns_the_board_out_and_undo_restores_nominal
         ],
     );
     in_order(
-        &supply,
+        &lab.supply,
         &[
             "board booting",
             "board login prompt",
@@ -674,13 +788,31 @@ fn job_3_low_voltage_user_command_browns_the_board_out_and_undo_restores_nominal
     );
     // Off, and back at nominal for the next job.
     assert_eq!(
-        ok_line(&daemon.rtmctl(&["power", "status"])),
-        "rpi4-lv: power off, 0.00 V, 0.000 A (setpoint 5.10 V)"
+        ok_line(&lab.daemon.rtmctl(&["power", "status"])),
+        format!("{board}: power off, 0.00 V, 0.000 A (setpoint 5.10 V)")
     );
     assert_eq!(
-        daemon.property("org.rtmd.Dut1.Power", "VoltageSetpoint"),
+        lab.daemon
+            .property("org.rtmd.Dut1.Power", "VoltageSetpoint"),
         "d 5.1"
     );
+}
+
+#[test]
+fn job_3_low_voltage_user_command_browns_the_board_out_and_undo_restores_nominal() {
+    let lab = SupplyLab::start("rpi4-lv");
+    let dispatcher = Dispatcher::start();
+    let device = dispatcher.device(
+        "rpi4-lv",
+        &dictionary("rpi4-voltage-profiles.jinja2", &[], &lab.home),
+    );
+    let job = dispatcher.run(
+        3,
+        &device,
+        &fill("job-low-voltage.yaml", &lab.values()),
+        &lab.daemon.bus,
+    );
+    assert_low_voltage_job(&lab, &job);
     println!("job 3 (low voltage): {:.2} s", job.elapsed.as_secs_f64());
 }
 
@@ -692,13 +824,14 @@ fn job_without_rtmd_is_incomplete_with_rtmctls_reason() {
     let home = tempfile::tempdir().unwrap();
     let dispatcher = Dispatcher::start();
     let values = vec![
-        ("rtmctl", rtmctl()),
-        ("bus", bus.address.clone()),
         ("home", home.path().display().to_string()),
         ("board", "rpi4-01".to_string()),
     ];
-    let device = dispatcher.device("rpi4-01", &fill("rpi4-01.jinja2", &values));
-    let job = dispatcher.run(4, &device, &fill("job-minimal.yaml", &values));
+    let device = dispatcher.device(
+        "rpi4-01",
+        &dictionary("rpi4-rtmctl-console.jinja2", &[], home.path()),
+    );
+    let job = dispatcher.run(4, &device, &fill("job-minimal.yaml", &values), &bus.address);
     assert!(!job.status.success(), "{}", job.readable_log());
     assert!(
         job.results
@@ -714,6 +847,240 @@ fn job_without_rtmd_is_incomplete_with_rtmctls_reason() {
         job.readable_log()
     );
     assert!(job.cases("0_smoke").is_empty());
+}
+
+/// The generic device type contrib/lava/rtmd.jinja2, through its commented dictionary
+/// rtmd-board.jinja2 with the supply's profiles added: job 3's low-voltage job, as a job for
+/// `device_type: rtmd`.
+#[test]
+fn job_5_generic_rtmd_device_type_boots_tests_and_runs_its_profile_commands() {
+    let lab = SupplyLab::start("board-01");
+    let dispatcher = Dispatcher::start();
+    let mut dict = dictionary("rtmd-board.jinja2", &[], &lab.home);
+    dict.push_str("{% set rtmd_profiles = ['low', 'high'] %}\n");
+    let device = dispatcher.device("board-01", &dict);
+    assert_eq!(
+        dispatcher.commands(&device),
+        expected_commands(&[
+            ("connect", "rtmctl --dut board-01 console"),
+            ("hard_reset", "rtmctl --dut board-01 power cycle"),
+            ("power_off", "rtmctl --dut board-01 power off"),
+            ("power_on", "rtmctl --dut board-01 power on"),
+            (
+                "users.low_voltage.do",
+                "rtmctl --dut board-01 power profile low"
+            ),
+            (
+                "users.low_voltage.undo",
+                "rtmctl --dut board-01 power profile nominal"
+            ),
+            (
+                "users.high_voltage.do",
+                "rtmctl --dut board-01 power profile high"
+            ),
+            (
+                "users.high_voltage.undo",
+                "rtmctl --dut board-01 power profile nominal"
+            ),
+        ])
+    );
+    let job = fill("job-low-voltage.yaml", &lab.values());
+    assert!(job.contains("device_type: bcm2711-rpi-4-b\n"));
+    let job = job.replace("device_type: bcm2711-rpi-4-b\n", "device_type: rtmd\n");
+    let job = dispatcher.run(5, &device, &job, &lab.daemon.bus);
+    assert_low_voltage_job(&lab, &job);
+    println!(
+        "job 5 (rtmd device type, low voltage): {:.2} s",
+        job.elapsed.as_secs_f64()
+    );
+}
+
+/// rtmd switches outlet 3, the board hangs on outlet 2 (a wiring mistake): every hook
+/// succeeds, the board stays dark, and LAVA must end the job Incomplete at the login prompt,
+/// saying so, within the job's short timeouts; rtmd serves on.
+#[test]
+fn job_whose_board_never_powers_up_is_incomplete_at_the_login_prompt_and_rtmd_is_unharmed() {
+    let mut lab = StripLab::start_with(3);
+    let dispatcher = Dispatcher::start();
+    let device = dispatcher.device(
+        "rpi4-01",
+        &dictionary("rpi4-rtmctl-console.jinja2", &[], &lab.home),
+    );
+    let job = dispatcher.run(
+        6,
+        &device,
+        &fill("job-no-power.yaml", &lab.values()),
+        &lab.daemon.bus,
+    );
+    assert!(!job.status.success(), "{}", job.readable_log());
+    assert!(
+        job.results
+            .contains(&("lava".into(), "job".into(), "fail".into())),
+        "{}",
+        job.readable_log()
+    );
+    // LAVA says where it gave up: the login prompt never came within the boot's 10 s.
+    assert!(
+        job.log.contains(
+            "\"error_msg\": \"auto-login-action timed out after 10 seconds\", \"error_type\": \"Job\""
+        ),
+        "{}",
+        job.readable_log()
+    );
+    assert!(job.cases("0_smoke").is_empty(), "{}", job.readable_log());
+    // The hooks did what they were asked: reset (outlet 3 off, on), off at finalize.
+    assert_eq!(
+        hooks(&job),
+        ["'rpi4-01' 'power' 'cycle'", "'rpi4-01' 'power' 'off'"],
+        "{}",
+        job.readable_log()
+    );
+    in_order(&lab.strip, &["outlet 3 off", "outlet 3 on", "outlet 3 off"]);
+    assert!(
+        lab.strip.matching("outlet 2").is_empty() && lab.strip.matching("board").is_empty(),
+        "the board got power:\n{}",
+        lab.strip.text()
+    );
+
+    // rtmd is unharmed: running, answering, switching, and LAVA's console client is gone.
+    assert!(lab.daemon.proc.is_running(), "{}", lab.daemon.proc.text());
+    assert_eq!(lab.power_status(), "rpi4-01: power off");
+    eventually("LAVA's console client left", || {
+        lab.daemon.property("org.rtmd.Dut1.Console", "Clients") == "u 0"
+    });
+    assert_eq!(
+        ok_line(&lab.daemon.rtmctl(&["power", "on"])),
+        "rpi4-01: power on"
+    );
+    assert_eq!(lab.power_status(), "rpi4-01: power on");
+    println!(
+        "job 6 (board never powers up): Incomplete after {:.2} s",
+        job.elapsed.as_secs_f64()
+    );
+}
+
+fn expected_commands(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Every device dictionary of contrib/lava/, verbatim, renders with lava-server's device
+/// types (and rtmd.jinja2) to device YAML that LAVA's schema accepts, with exactly the hooks
+/// docs/lava.md promises.
+#[test]
+fn contrib_dictionaries_render_to_valid_device_yaml_with_the_rtmctl_hooks() {
+    let dispatcher = Dispatcher::start();
+    let power = |board: &str| {
+        vec![
+            ("hard_reset", format!("rtmctl --dut {board} power cycle")),
+            ("power_off", format!("rtmctl --dut {board} power off")),
+            ("power_on", format!("rtmctl --dut {board} power on")),
+        ]
+    };
+    let render = |file: &str| {
+        let text = std::fs::read_to_string(contrib().join(file)).unwrap();
+        dispatcher.commands(&dispatcher.device(file.trim_end_matches(".jinja2"), &text))
+    };
+    let with = |mut base: Vec<(&'static str, String)>, more: &[(&'static str, &str)]| {
+        base.extend(more.iter().map(|(k, v)| (*k, v.to_string())));
+        base.into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect::<BTreeMap<_, _>>()
+    };
+
+    assert_eq!(
+        render("rpi4-rtmctl-console.jinja2"),
+        with(
+            power("rpi4-01"),
+            &[("connect", "rtmctl --dut rpi4-01 console")]
+        )
+    );
+    assert_eq!(
+        render("rpi4-telnet.jinja2"),
+        with(
+            power("rpi4-01"),
+            &[
+                ("connections.uart0.connect", "telnet 127.0.0.1 2000"),
+                ("connections.uart0.tags", "primary,telnet"),
+            ]
+        )
+    );
+    assert_eq!(
+        render("rpi4-voltage-profiles.jinja2"),
+        with(
+            power("rpi4-lv"),
+            &[
+                ("connect", "rtmctl --dut rpi4-lv console"),
+                (
+                    "users.low_voltage.do",
+                    "rtmctl --dut rpi4-lv power profile low"
+                ),
+                (
+                    "users.low_voltage.undo",
+                    "rtmctl --dut rpi4-lv power profile nominal"
+                ),
+                (
+                    "users.high_voltage.do",
+                    "rtmctl --dut rpi4-lv power profile high"
+                ),
+                (
+                    "users.high_voltage.undo",
+                    "rtmctl --dut rpi4-lv power profile nominal"
+                ),
+            ]
+        )
+    );
+    assert_eq!(
+        render("rtmd-board.jinja2"),
+        with(
+            power("board-01"),
+            &[("connect", "rtmctl --dut board-01 console")]
+        )
+    );
+
+    // rtmd.jinja2's other variables: telnet, profiles with another nominal, the lab's own
+    // user command and hook kept, another rtmctl.
+    let device = dispatcher.device(
+        "all-variables",
+        "{% extends 'rtmd.jinja2' %}\n\
+         {% set rtmd_board = 'imx8-01' %}\n\
+         {% set rtmctl = '/opt/rtmd/bin/rtmctl --bus session' %}\n\
+         {% set rtmd_telnet = '127.0.0.1 2001' %}\n\
+         {% set rtmd_profiles = ['low'] %}\n\
+         {% set rtmd_nominal_profile = 'typical' %}\n\
+         {% set user_commands = {'relay_on': {'do': 'relay-ctl 4 on'}} %}\n\
+         {% set power_off_command = 'relay-ctl 4 off' %}\n",
+    );
+    let rtmctl = "/opt/rtmd/bin/rtmctl --bus session --dut imx8-01";
+    assert_eq!(
+        dispatcher.commands(&device),
+        expected_commands(&[
+            ("connections.uart0.connect", "telnet 127.0.0.1 2001"),
+            ("connections.uart0.tags", "primary,telnet"),
+            ("hard_reset", &format!("{rtmctl} power cycle")),
+            ("power_off", "relay-ctl 4 off"),
+            ("power_on", &format!("{rtmctl} power on")),
+            (
+                "users.low_voltage.do",
+                &format!("{rtmctl} power profile low")
+            ),
+            (
+                "users.low_voltage.undo",
+                &format!("{rtmctl} power profile typical")
+            ),
+            ("users.relay_on.do", "relay-ctl 4 on"),
+        ])
+    );
+
+    // Without rtmd_board rendering fails, naming what is missing.
+    let out = dispatcher.render("no-board", "{% extends 'rtmd.jinja2' %}\n");
+    assert!(
+        !out.status.success() && text(&out.stderr).contains("rtmd_board_is_not_set"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// Job 1 through rtmd, and the same job with rtmd out of the way: power with Debian's egctl
@@ -815,7 +1182,7 @@ fn direct_minimal_job(id: u32) -> Job {
         ("board", "rpi4-01".to_string()),
     ];
     let device = dispatcher.device("rpi4-01-direct", &fill("rpi4-01-direct.jinja2", &values));
-    let job = dispatcher.run(id, &device, &fill("job-minimal.yaml", &values));
+    let job = dispatcher.run(id, &device, &fill("job-minimal.yaml", &values), "");
     in_order(&strip, &["outlet 2 off", "outlet 2 on", "outlet 2 off"]);
     in_order(&strip, &["board booting", "board shell", "board off"]);
     job

@@ -2,7 +2,13 @@
 """Debian's LAVA dispatcher (lava-dispatcher 2023.01), run from the debs scripts/lava-setup
 unpacked, without a LAVA server.
 
-  lava.py render ROOT DICTIONARY OUT      device dictionary -> device YAML, as lava-server does
+  lava.py render ROOT DICTIONARY OUT [TEMPLATES...]
+                                          device dictionary -> device YAML, as lava-server does,
+                                          checked against LAVA's device schema; TEMPLATES are
+                                          device-type folders searched first (like
+                                          /etc/lava-server/dispatcher-config/device-types)
+  lava.py commands DEVICE_YAML            its `commands` section, one `KEY<TAB>VALUE` a line
+                                          (nested keys joined with dots, lists with commas)
   lava.py run ROOT DOWNLOAD_DIR ARGS...   lava-run ARGS, with its download folder moved
   lava.py results LOG                     the results in a job log: `DEFINITION CASE RESULT`
 
@@ -21,23 +27,47 @@ PACKAGES = "usr/lib/python3/dist-packages"
 DEVICE_TYPES = "usr/share/lava-server/device-types"
 
 
-def render(root, dictionary, out):
-    """Renders like lava-server: a sandboxed jinja2 over the dictionary's folder and the
-    device-type templates."""
+def render(root, dictionary, out, templates):
+    """Renders like lava-server: a sandboxed jinja2 over the dictionary's folder, the extra
+    template folders and the device-type templates; then validates like `lava-schema device`."""
     import jinja2.sandbox
     import yaml
 
     env = jinja2.sandbox.SandboxedEnvironment(
         loader=jinja2.FileSystemLoader(
-            [os.path.dirname(os.path.abspath(dictionary)), os.path.join(root, DEVICE_TYPES)]
+            [os.path.dirname(os.path.abspath(dictionary))]
+            + list(templates)
+            + [os.path.join(root, DEVICE_TYPES)]
         ),
         trim_blocks=True,
         autoescape=False,
     )
     text = env.get_template(os.path.basename(dictionary)).render()
-    yaml.safe_load(text)  # fail here, not inside lava-run, on a broken dictionary
+    # Fail here, not inside lava-run, on a broken dictionary.
+    sys.path.insert(0, os.path.join(root, PACKAGES))
+    from lava_common.schemas.device import validate
+
+    validate(yaml.safe_load(text))
     with open(out, "w") as f:
         f.write(text)
+
+
+def commands(device):
+    import yaml
+
+    def walk(prefix, value):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                yield from walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(value, list):
+            yield prefix, ",".join(str(v) for v in value)
+        else:
+            yield prefix, str(value)
+
+    with open(device) as f:
+        data = yaml.safe_load(f)
+    for key, value in walk("", data.get("commands", {})):
+        print(f"{key}\t{value}")
 
 
 def run(root, download_dir, args):
@@ -69,8 +99,10 @@ def results(log):
 
 
 def main():
-    if len(sys.argv) == 5 and sys.argv[1] == "render":
-        render(*sys.argv[2:])
+    if len(sys.argv) >= 5 and sys.argv[1] == "render":
+        render(*sys.argv[2:5], sys.argv[5:])
+    elif len(sys.argv) == 3 and sys.argv[1] == "commands":
+        commands(sys.argv[2])
     elif len(sys.argv) == 3 and sys.argv[1] == "results":
         results(sys.argv[2])
     elif len(sys.argv) >= 4 and sys.argv[1] == "run":

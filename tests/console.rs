@@ -631,21 +631,9 @@ fn the_simulated_board_boots_when_rtmd_switches_its_power() {
     let bus = Bus::start();
     let dir = tempfile::tempdir().unwrap();
     let console = dir.path().join("console");
-    let home = dir.path().join("home");
-    let (strip, port) = strip(&[
-        "--board-console",
-        console.to_str().unwrap(),
-        "--board-outlet",
-        "2",
-        "--board-name",
-        "rpi4-01",
-        "--autoboot-secs",
-        "1",
-        "--line-delay-ms",
-        "1",
-        "--board-home",
-        home.to_str().unwrap(),
-    ]);
+    let mut args = fast_board(dir.path(), "rpi4-01");
+    args.extend(["--board-outlet".to_string(), "2".to_string()]);
+    let (strip, port) = strip(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let config = format!(
         "name = \"rpi4-01\"\n[power]\nbackend = \"egpms\"\nhost = \"127.0.0.1\"\nport = {port}\noutlet = 2\n\
          cycle_off_ms = 100\n[console]\ndevice = \"{}\"\nlog_dir = \"{}\"\n",

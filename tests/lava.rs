@@ -417,20 +417,9 @@ impl StripLab {
         let dir = tempfile::tempdir().unwrap();
         let console = dir.path().join("console");
         let home = dir.path().join("home");
-        let (strip, port) = strip(&[
-            "--board-console",
-            console.to_str().unwrap(),
-            "--board-outlet",
-            "2",
-            "--board-name",
-            "rpi4-01",
-            "--autoboot-secs",
-            "1",
-            "--line-delay-ms",
-            "1",
-            "--board-home",
-            home.to_str().unwrap(),
-        ]);
+        let mut args = fast_board(dir.path(), "rpi4-01");
+        args.extend(["--board-outlet".to_string(), "2".to_string()]);
+        let (strip, port) = strip(&args.iter().map(String::as_str).collect::<Vec<_>>());
         let config = format!(
             "name = \"rpi4-01\"\n[power]\nbackend = \"egpms\"\nhost = \"127.0.0.1\"\nport = {port}\n\
              outlet = {outlet}\ncycle_off_ms = 100\n[console]\ndevice = \"{}\"\ntcp = \"127.0.0.1:0\"\n\
@@ -500,23 +489,17 @@ impl SupplyLab {
         let psu = dir.path().join("psu");
         let console = dir.path().join("console");
         let home = dir.path().join("home");
-        let (supply, _) = sim(&[
+        let mut args: Vec<String> = [
             "dpm86xx",
             "--pty",
             psu.to_str().unwrap(),
             "--protocol",
             "ascii",
-            "--board-console",
-            console.to_str().unwrap(),
-            "--board-name",
-            board,
-            "--autoboot-secs",
-            "1",
-            "--line-delay-ms",
-            "1",
-            "--board-home",
-            home.to_str().unwrap(),
-        ]);
+        ]
+        .map(str::to_string)
+        .to_vec();
+        args.extend(fast_board(dir.path(), board));
+        let (supply, _) = sim(&args.iter().map(String::as_str).collect::<Vec<_>>());
         let config = format!(
             "name = \"{board}\"\n[power]\nbackend = \"dpm86xx\"\nprotocol = \"ascii\"\ndevice = \"{}\"\n\
              voltage = 5.1\ncurrent_limit = 2.0\nvoltage_range = [4.0, 5.8]\n\
@@ -1146,22 +1129,9 @@ fn direct_minimal_job(id: u32) -> Job {
     let dir = tempfile::tempdir().unwrap();
     let console = dir.path().join("console");
     let home = dir.path().join("home");
-    let (strip, port) = strip(&[
-        "--board-console",
-        console.to_str().unwrap(),
-        "--board-outlet",
-        "2",
-        "--board-name",
-        "rpi4-01",
-        "--autoboot-secs",
-        "1",
-        "--line-delay-ms",
-        "1",
-        "--board-home",
-        home.to_str().unwrap(),
-        "--password",
-        "hackme",
-    ]);
+    let mut args = fast_board(dir.path(), "rpi4-01");
+    args.extend(["--board-outlet", "2", "--password", "hackme"].map(str::to_string));
+    let (strip, port) = strip(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let egtab_home = dir.path().join("egtab-home");
     std::fs::create_dir_all(&egtab_home).unwrap();
     std::fs::write(

@@ -240,6 +240,26 @@ pub fn sim(args: &[&str]) -> (Proc, String) {
     (p, ready)
 }
 
+/// rtm-sim options for a quick-booting simulated board named `name`: its console pty at
+/// `dir/console`, its shell's home at `dir/home`.
+pub fn fast_board(dir: &Path, name: &str) -> Vec<String> {
+    let path = |leaf: &str| dir.join(leaf).display().to_string();
+    [
+        "--board-console",
+        &path("console"),
+        "--board-name",
+        name,
+        "--autoboot-secs",
+        "1",
+        "--line-delay-ms",
+        "1",
+        "--board-home",
+        &path("home"),
+    ]
+    .map(str::to_string)
+    .to_vec()
+}
+
 /// An egpms strip simulator on a free loopback port; returns it and its port.
 pub fn strip(extra: &[&str]) -> (Proc, u16) {
     let mut args = vec!["egpms", "--listen", "127.0.0.1:0"];

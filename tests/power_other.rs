@@ -8,14 +8,6 @@ use std::process::Command;
 
 use common::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Pdudaemon {
     _proc: Proc,
     port: u16,

@@ -111,13 +111,7 @@ impl BoardArgs {
         let Some(path) = &self.board_console else {
             return Ok(None);
         };
-        let console = Pty::open(path).map_err(|e| {
-            format!(
-                "cannot create the pseudo-terminal at {}: {e}",
-                path.display()
-            )
-        })?;
-        let master = console.master.try_clone().map_err(|e| e.to_string())?;
+        let (console, master) = open_pty(path)?;
         let scratch = self.board_home.clone().unwrap_or_else(|| {
             std::env::temp_dir().join(format!("rtm-sim-board-{}", std::process::id()))
         });
@@ -272,17 +266,23 @@ fn serve_supply(
     events: Events,
     board: Option<Board>,
 ) -> Result<(), String> {
-    let pty = Pty::open(link).map_err(|e| {
-        format!(
-            "cannot create the pseudo-terminal at {}: {e}",
-            link.display()
-        )
-    })?;
-    let port = pty.master.try_clone().map_err(|e| e.to_string())?;
+    let (_pty, port) = open_pty(link)?;
     events.emit(&format!("ready {}", link.display()));
     let model = Arc::new(Mutex::new(SupplyModel::default()));
     let power = board.as_ref().map(|b| b.board.power_input());
     rtmd::sim::supply::serve(port, kind, address, fault, model, events, power);
     drop(board);
     Ok(())
+}
+
+/// A pseudo-terminal whose slave is linked at `link`, and a handle on its master.
+fn open_pty(link: &std::path::Path) -> Result<(Pty, std::fs::File), String> {
+    let pty = Pty::open(link).map_err(|e| {
+        format!(
+            "cannot create the pseudo-terminal at {}: {e}",
+            link.display()
+        )
+    })?;
+    let master = pty.master.try_clone().map_err(|e| e.to_string())?;
+    Ok((pty, master))
 }

@@ -240,6 +240,15 @@ pub fn sim(args: &[&str]) -> (Proc, String) {
     (p, ready)
 }
 
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// rtm-sim options for a quick-booting simulated board named `name`: its console pty at
 /// `dir/console`, its shell's home at `dir/home`.
 pub fn fast_board(dir: &Path, name: &str) -> Vec<String> {

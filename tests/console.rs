@@ -310,17 +310,7 @@ fn wait_for_matches_live_output_and_times_out_by_name() {
     // Output before the call is not matched: only what comes after.
     r.board.write_all(b"old prompt login: \n").unwrap();
     std::thread::sleep(Duration::from_millis(100));
-    let mut cmd = Command::new("busctl");
-    cmd.arg(format!("--address={}", r.daemon.bus)).args([
-        "call",
-        &name,
-        "/org/rtmd/Dut1",
-        "org.rtmd.Dut1.Console",
-        "WaitFor",
-        "su",
-        "login: *$|(\\w+) login:",
-        "5000",
-    ]);
+    let cmd = wait_for_call(&r.daemon.bus, "con-1", r"login: *$|(\w+) login:", 5000);
     let waiter = Proc::spawn("busctl WaitFor", cmd, true);
     std::thread::sleep(Duration::from_millis(300));
     r.board.write_all(b"booting\r\nrpi4 login: ").unwrap();
@@ -644,7 +634,6 @@ fn the_simulated_board_boots_when_rtmd_switches_its_power() {
     eventually("connected", || {
         d.property("org.rtmd.Dut1.Console", "Connected") == "b true"
     });
-    let name = rtmd::bus::bus_name("rpi4-01");
     // Silent while off: a WaitFor times out.
     let out = d.dbus_send(
         "org.rtmd.Dut1.Console.WaitFor",
@@ -656,18 +645,7 @@ fn the_simulated_board_boots_when_rtmd_switches_its_power() {
         text(&out.stderr)
     );
 
-    let mut cmd = Command::new("busctl");
-    cmd.arg(format!("--address={}", d.bus)).args([
-        "--timeout=30",
-        "call",
-        &name,
-        "/org/rtmd/Dut1",
-        "org.rtmd.Dut1.Console",
-        "WaitFor",
-        "su",
-        "rpi4-01 login: $",
-        "20000",
-    ]);
+    let cmd = wait_for_call(&d.bus, "rpi4-01", "rpi4-01 login: $", 20000);
     let waiter = Proc::spawn("busctl WaitFor", cmd, true);
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(ok_line(&d.rtmctl(&["power", "on"])), "rpi4-01: power on");

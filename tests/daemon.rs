@@ -11,12 +11,7 @@ fn check(config: &str) -> (std::process::Output, std::path::PathBuf, tempfile::T
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("board.toml");
     std::fs::write(&path, config).unwrap();
-    let out = Command::new(bin("rtmd"))
-        .arg("--config")
-        .arg(&path)
-        .arg("--check")
-        .output()
-        .unwrap();
+    let out = rtmd_check(&path);
     (out, path, dir)
 }
 
@@ -27,12 +22,7 @@ fn check_accepts_the_shipped_examples() {
         if path.extension().is_none_or(|e| e != "toml") || path.ends_with("demo.toml") {
             continue;
         }
-        let out = Command::new(bin("rtmd"))
-            .arg("--config")
-            .arg(&path)
-            .arg("--check")
-            .output()
-            .unwrap();
+        let out = rtmd_check(&path);
         assert!(
             out.status.success(),
             "{}: {}",
@@ -81,10 +71,7 @@ fn check_reports_mistakes_with_file_line_column() {
             "got {stderr:?}, want {expected:?}"
         );
     }
-    let out = Command::new(bin("rtmd"))
-        .args(["--config", "/nonexistent.toml", "--check"])
-        .output()
-        .unwrap();
+    let out = rtmd_check(std::path::Path::new("/nonexistent.toml"));
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("/nonexistent.toml:1:1: cannot read the config file"));
 }
@@ -255,20 +242,9 @@ fn demo_runs_on_a_private_bus_and_switches_off_on_stop() {
         "demo: power on, 5.10 V, 0.510 A (setpoint 5.10 V)"
     );
     // The simulated board boots on the demo's console.
-    let out = busctl(
-        &address,
-        &[
-            "--timeout=30",
-            "call",
-            "org.rtmd.Dut1.demo",
-            "/org/rtmd/Dut1",
-            "org.rtmd.Dut1.Console",
-            "WaitFor",
-            "su",
-            "demo login: ",
-            "20000",
-        ],
-    );
+    let out = wait_for_call(&address, "demo", "demo login: ", 20000)
+        .output()
+        .unwrap();
     assert_eq!(
         text(&out.stdout).trim(),
         "s \"demo login: \"",

@@ -102,12 +102,7 @@ fn a_pdudaemon_api_without_power_is_a_config_error() {
         "name = \"b\"\n[pdudaemon_api]\nlisten = \"127.0.0.1:16421\"\n",
     )
     .unwrap();
-    let out = Command::new(bin("rtmd"))
-        .arg("--config")
-        .arg(&path)
-        .arg("--check")
-        .output()
-        .unwrap();
+    let out = rtmd_check(&path);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains("[pdudaemon_api] needs a [power] section"),

@@ -373,6 +373,36 @@ impl Daemon {
     }
 }
 
+/// `rtmd --config PATH --check`.
+pub fn rtmd_check(path: &Path) -> Output {
+    Command::new(bin("rtmd"))
+        .arg("--config")
+        .arg(path)
+        .arg("--check")
+        .output()
+        .unwrap()
+}
+
+/// busctl calling `Console.WaitFor(regex, timeout_ms)` on `board` (run it, or spawn it to
+/// wait in the background).
+pub fn wait_for_call(address: &str, board: &str, regex: &str, timeout_ms: u32) -> Command {
+    require("busctl");
+    let mut cmd = Command::new("busctl");
+    cmd.arg(format!("--address={address}"))
+        .arg(format!("--timeout={}", timeout_ms / 1000 + 10))
+        .args([
+            "call",
+            &rtmd::bus::bus_name(board),
+            "/org/rtmd/Dut1",
+            "org.rtmd.Dut1.Console",
+            "WaitFor",
+            "su",
+            regex,
+        ])
+        .arg(timeout_ms.to_string());
+    cmd
+}
+
 pub fn busctl(address: &str, args: &[&str]) -> Output {
     require("busctl");
     Command::new("busctl")

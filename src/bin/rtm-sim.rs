@@ -44,32 +44,33 @@ enum Device {
     },
     /// A Joy-it DPM86xx supply on a pseudo-terminal.
     Dpm86xx {
-        /// Where to put the symlink to the pseudo-terminal the daemon opens.
-        #[arg(long)]
-        pty: PathBuf,
         #[arg(long, value_enum, default_value = "ascii")]
         protocol: Protocol,
-        #[arg(long, default_value_t = 1)]
-        address: u8,
-        #[arg(long, value_enum, default_value = "none")]
-        fault: FaultArg,
         #[command(flatten)]
-        board: BoardArgs,
+        supply: SupplyArgs,
     },
     /// A Riden RD60xx supply (Modbus RTU) on a pseudo-terminal.
     Riden {
-        #[arg(long)]
-        pty: PathBuf,
         /// Model id in register 0 (60061 RD6006, 60065 RD6006P, 60121 RD6012, ...).
         #[arg(long, default_value_t = 60061)]
         model_id: u16,
-        #[arg(long, default_value_t = 1)]
-        address: u8,
-        #[arg(long, value_enum, default_value = "none")]
-        fault: FaultArg,
         #[command(flatten)]
-        board: BoardArgs,
+        supply: SupplyArgs,
     },
+}
+
+/// What every simulated supply takes.
+#[derive(clap::Args)]
+struct SupplyArgs {
+    /// Where to put the symlink to the pseudo-terminal the daemon opens.
+    #[arg(long)]
+    pty: PathBuf,
+    #[arg(long, default_value_t = 1)]
+    address: u8,
+    #[arg(long, value_enum, default_value = "none")]
+    fault: FaultArg,
+    #[command(flatten)]
+    board: BoardArgs,
 }
 
 /// A simulated board powered by this simulator.
@@ -228,49 +229,34 @@ fn run(device: Device) -> Result<(), String> {
                 Ok(())
             })
         }
-        Device::Dpm86xx {
-            pty,
-            protocol,
-            address,
-            fault,
-            board,
-        } => {
+        Device::Dpm86xx { protocol, supply } => {
             let kind = match protocol {
                 Protocol::Ascii => Kind::DpmAscii,
                 Protocol::Modbus => Kind::DpmModbus,
             };
-            serve_supply(&pty, kind, address, fault.into(), events, board.start()?)
+            serve_supply(&supply, kind, events)
         }
-        Device::Riden {
-            pty,
-            model_id,
-            address,
-            fault,
-            board,
-        } => serve_supply(
-            &pty,
-            Kind::Riden { model_id },
-            address,
-            fault.into(),
-            events,
-            board.start()?,
-        ),
+        Device::Riden { model_id, supply } => {
+            serve_supply(&supply, Kind::Riden { model_id }, events)
+        }
     }
 }
 
-fn serve_supply(
-    link: &std::path::Path,
-    kind: Kind,
-    address: u8,
-    fault: Fault,
-    events: Events,
-    board: Option<Board>,
-) -> Result<(), String> {
-    let (_pty, port) = open_pty(link)?;
-    events.emit(&format!("ready {}", link.display()));
+fn serve_supply(args: &SupplyArgs, kind: Kind, events: Events) -> Result<(), String> {
+    let board = args.board.start()?;
+    let (_pty, port) = open_pty(&args.pty)?;
+    events.emit(&format!("ready {}", args.pty.display()));
     let model = Arc::new(Mutex::new(SupplyModel::default()));
     let power = board.as_ref().map(|b| b.board.power_input());
-    rtmd::sim::supply::serve(port, kind, address, fault, model, events, power);
+    rtmd::sim::supply::serve(
+        port,
+        kind,
+        args.address,
+        args.fault.into(),
+        model,
+        events,
+        power,
+    );
     drop(board);
     Ok(())
 }

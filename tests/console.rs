@@ -529,7 +529,8 @@ fn send_break_works_while_connected_and_is_refused_while_unplugged() {
 }
 
 /// rtmctl console on a pseudo-terminal, as LAVA (pexpect) and people run it: `script`
-/// gives it one.
+/// gives it one. `exec`, because script runs the command with `$SHELL -c` and dash (unlike
+/// bash) forks for it: a signal must reach rtmctl, not a shell in between.
 fn rtmctl_on_a_pty(
     r: &Rig,
 ) -> (
@@ -539,7 +540,7 @@ fn rtmctl_on_a_pty(
 ) {
     require("script");
     let command = format!(
-        "{} --bus-address {} --dut con-1 console",
+        "exec {} --bus-address {} --dut con-1 console",
         bin("rtmctl").display(),
         r.daemon.bus
     );

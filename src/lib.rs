@@ -6,6 +6,7 @@ pub mod bus;
 pub mod config;
 pub mod console;
 pub mod daemon;
+pub mod nbd;
 pub mod demo;
 pub mod pdu_api;
 pub mod power;

@@ -1,0 +1,376 @@
+//! The copy-on-write overlay of a `cow` export: a sparse file as large as the image, where
+//! written clusters land, and a map (one bit per 4 KiB cluster) of which clusters it holds.
+//! The base image is opened read-only and never written.
+//!
+//! Durability: data goes to the overlay file first; its bit is set in memory once the data is
+//! there. FLUSH (and FUA) makes it durable in that order: `fdatasync` of the overlay, then the
+//! map pages that changed, then `fdatasync` of the map. A crash can lose only what no FLUSH
+//! covered, which the protocol allows; a torn map write can only lose bits of such writes,
+//! because bits are never cleared except by [`Overlay::reset`].
+//!
+//! The map records which base it was made for (device, inode, size, modification time), so an
+//! overlay left from an older image is discarded, not laid over a new one.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use nix::fcntl::{FallocateFlags, fallocate};
+use tracing::{info, warn};
+
+/// Bytes per cluster: the unit of copy-on-write.
+pub const CLUSTER: u64 = 4096;
+const MAGIC: &[u8; 8] = b"RTMDCOW1";
+/// The map file starts with one page of header; the bitmap follows.
+const HEADER: u64 = 4096;
+/// The unit in which changed bitmap bytes are written back.
+const MAP_PAGE: usize = 4096;
+const WORDS_PER_PAGE: usize = MAP_PAGE / 8;
+
+/// Which base file an overlay belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BaseIdentity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: i64,
+    mtime_ns: i64,
+}
+
+impl BaseIdentity {
+    fn of(base: &File) -> io::Result<BaseIdentity> {
+        let m = base.metadata()?;
+        Ok(BaseIdentity {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: m.mtime(),
+            mtime_ns: m.mtime_nsec(),
+        })
+    }
+
+    fn encode(&self) -> [u8; 40] {
+        let mut b = [0u8; 40];
+        b[0..8].copy_from_slice(&self.dev.to_le_bytes());
+        b[8..16].copy_from_slice(&self.ino.to_le_bytes());
+        b[16..24].copy_from_slice(&self.size.to_le_bytes());
+        b[24..32].copy_from_slice(&self.mtime.to_le_bytes());
+        b[32..40].copy_from_slice(&self.mtime_ns.to_le_bytes());
+        b
+    }
+}
+
+pub struct Overlay {
+    /// The overlay data, as large as the image, sparse.
+    pub file: Arc<File>,
+    base: Arc<File>,
+    map: File,
+    path: PathBuf,
+    size: u64,
+    bits: Vec<AtomicU64>,
+    /// One flag per map page: changed since the last flush.
+    dirty: Vec<AtomicBool>,
+    /// Serializes the allocation of clusters (copy-up of partly written clusters), so that
+    /// two connections writing parts of one new cluster cannot overwrite each other.
+    allocating: Mutex<()>,
+}
+
+impl Overlay {
+    /// Opens the overlay at `path` (and its map at `path.map`) for `base`, creating both if
+    /// missing, and discarding them if they were made for another base.
+    pub fn open(path: &Path, base: Arc<File>, size: u64) -> io::Result<Overlay> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let identity = BaseIdentity::of(&base)?;
+        let clusters = size.div_ceil(CLUSTER);
+        let words = clusters.div_ceil(64) as usize;
+        let map_path = map_path(path);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        let map = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&map_path)?;
+        let mut header = [0u8; HEADER as usize];
+        let got = read_full_at(&map, &mut header, 0)?;
+        let expected = header_bytes(identity, size);
+        let mut bits = Vec::with_capacity(words);
+        if got == HEADER as usize && header == expected {
+            let mut raw = vec![0u8; words * 8];
+            let n = read_full_at(&map, &mut raw, HEADER)?;
+            raw[n..].fill(0);
+            for w in raw.chunks_exact(8) {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(w);
+                bits.push(AtomicU64::new(u64::from_le_bytes(a)));
+            }
+            let held: u64 = bits
+                .iter()
+                .map(|w| u64::from(w.load(Ordering::Relaxed).count_ones()))
+                .sum();
+            info!(
+                subsystem = "nbd",
+                "overlay {} kept: {} KiB written since the last reset",
+                path.display(),
+                held * CLUSTER / 1024
+            );
+        } else {
+            if got > 0 {
+                warn!(
+                    subsystem = "nbd",
+                    "overlay {} was made for another image; starting a fresh one",
+                    path.display()
+                );
+            }
+            bits.resize_with(words, || AtomicU64::new(0));
+            file.set_len(0)?;
+            map.set_len(0)?;
+            map.write_all_at(&expected, 0)?;
+            map.set_len(HEADER + (words * 8) as u64)?;
+            map.sync_all()?;
+        }
+        file.set_len(size)?;
+        let pages = (words * 8).div_ceil(MAP_PAGE);
+        Ok(Overlay {
+            file: Arc::new(file),
+            base,
+            map,
+            path: path.to_path_buf(),
+            size,
+            bits,
+            dirty: (0..pages).map(|_| AtomicBool::new(false)).collect(),
+            allocating: Mutex::new(()),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn is_allocated(&self, cluster: u64) -> bool {
+        let word = &self.bits[(cluster / 64) as usize];
+        word.load(Ordering::Acquire) & (1 << (cluster % 64)) != 0
+    }
+
+    /// The clusters of `[offset, offset + len)`, as runs of `(start, len, allocated)` in bytes.
+    pub fn runs(&self, offset: u64, len: u64) -> Vec<(u64, u64, bool)> {
+        let mut runs: Vec<(u64, u64, bool)> = Vec::new();
+        let end = offset + len;
+        let mut pos = offset;
+        while pos < end {
+            let cluster = pos / CLUSTER;
+            let next = ((cluster + 1) * CLUSTER).min(end);
+            let allocated = self.is_allocated(cluster);
+            match runs.last_mut() {
+                Some((_, l, a)) if *a == allocated => *l += next - pos,
+                _ => runs.push((pos, next - pos, allocated)),
+            }
+            pos = next;
+        }
+        runs
+    }
+
+    fn all_allocated(&self, offset: u64, len: u64) -> bool {
+        let first = offset / CLUSTER;
+        let last = (offset + len - 1) / CLUSTER;
+        (first..=last).all(|c| self.is_allocated(c))
+    }
+
+    fn mark(&self, offset: u64, len: u64) {
+        let first = offset / CLUSTER;
+        let last = (offset + len - 1) / CLUSTER;
+        for c in first..=last {
+            let w = (c / 64) as usize;
+            let old = self.bits[w].fetch_or(1 << (c % 64), Ordering::AcqRel);
+            if old & (1 << (c % 64)) == 0 {
+                self.dirty[w / WORDS_PER_PAGE].store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// Copies a cluster from the base into the overlay (before part of it is written).
+    fn copy_up(&self, cluster: u64) -> io::Result<()> {
+        let start = cluster * CLUSTER;
+        let len = CLUSTER.min(self.size - start) as usize;
+        let mut buf = vec![0u8; len];
+        let n = read_full_at(&self.base, &mut buf, start)?;
+        buf[n..].fill(0);
+        self.file.write_all_at(&buf, start)
+    }
+
+    /// Copies up the edge clusters of a range that the range covers only in part.
+    fn copy_up_edges(&self, offset: u64, len: u64) -> io::Result<()> {
+        let end = offset + len;
+        let first = offset / CLUSTER;
+        let last = (end - 1) / CLUSTER;
+        let covers = |c: u64| offset <= c * CLUSTER && ((c + 1) * CLUSTER).min(self.size) <= end;
+        for c in [first, last] {
+            if !self.is_allocated(c) && !covers(c) {
+                self.copy_up(c)?;
+            }
+            if first == last {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn write(&self, data: &[u8], offset: u64) -> io::Result<()> {
+        let len = data.len() as u64;
+        if len == 0 {
+            return Ok(());
+        }
+        if self.all_allocated(offset, len) {
+            return self.file.write_all_at(data, offset);
+        }
+        let _guard = self
+            .allocating
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.copy_up_edges(offset, len)?;
+        self.file.write_all_at(data, offset)?;
+        self.mark(offset, len);
+        Ok(())
+    }
+
+    /// Makes `[offset, offset + len)` read as zeros: a hole in the overlay (space is given
+    /// back), or allocated zeros when `allocate` (`NBD_CMD_FLAG_NO_HOLE`).
+    pub fn zero(&self, offset: u64, len: u64, allocate: bool) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let _guard = self
+            .allocating
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.copy_up_edges(offset, len)?;
+        zero_range(&self.file, offset, len, allocate)?;
+        self.mark(offset, len);
+        Ok(())
+    }
+
+    /// Makes everything written so far durable (see the module comment for the order).
+    pub fn flush(&self) -> io::Result<()> {
+        self.file.sync_data()?;
+        let mut wrote = false;
+        for (page, flag) in self.dirty.iter().enumerate() {
+            if !flag.swap(false, Ordering::AcqRel) {
+                continue;
+            }
+            let first = page * WORDS_PER_PAGE;
+            let last = (first + WORDS_PER_PAGE).min(self.bits.len());
+            let mut raw = Vec::with_capacity((last - first) * 8);
+            for w in &self.bits[first..last] {
+                raw.extend_from_slice(&w.load(Ordering::Acquire).to_le_bytes());
+            }
+            if let Err(e) = self.map.write_all_at(&raw, HEADER + (first * 8) as u64) {
+                flag.store(true, Ordering::Release);
+                return Err(e);
+            }
+            wrote = true;
+        }
+        if wrote {
+            self.map.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// Discards everything written: the overlay reads as the base again. Only called with
+    /// no client connected.
+    pub fn reset(&self) -> io::Result<()> {
+        let _guard = self
+            .allocating
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for w in &self.bits {
+            w.store(0, Ordering::Release);
+        }
+        for d in &self.dirty {
+            d.store(false, Ordering::Release);
+        }
+        self.file.set_len(0)?;
+        self.file.set_len(self.size)?;
+        self.file.sync_all()?;
+        let words = self.bits.len() as u64;
+        self.map.set_len(HEADER)?;
+        self.map.set_len(HEADER + words * 8)?;
+        self.map.sync_all()
+    }
+
+    /// Bytes of the image that the overlay holds.
+    pub fn written(&self) -> u64 {
+        let clusters: u64 = self
+            .bits
+            .iter()
+            .map(|w| u64::from(w.load(Ordering::Relaxed).count_ones()))
+            .sum();
+        clusters * CLUSTER
+    }
+}
+
+pub fn map_path(overlay: &Path) -> PathBuf {
+    let mut p = overlay.as_os_str().to_os_string();
+    p.push(".map");
+    PathBuf::from(p)
+}
+
+fn header_bytes(identity: BaseIdentity, size: u64) -> [u8; HEADER as usize] {
+    let mut h = [0u8; HEADER as usize];
+    h[0..8].copy_from_slice(MAGIC);
+    h[8..16].copy_from_slice(&size.to_le_bytes());
+    h[16..24].copy_from_slice(&CLUSTER.to_le_bytes());
+    h[24..64].copy_from_slice(&identity.encode());
+    h
+}
+
+/// Reads as much of `buf` as the file has at `offset`; returns how much that was.
+pub fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// Zeros a range of a file: punches a hole (or zeroes allocated space), and falls back to
+/// writing zeros on filesystems that support neither.
+fn zero_range(file: &File, offset: u64, len: u64, allocate: bool) -> io::Result<()> {
+    let flags = if allocate {
+        FallocateFlags::FALLOC_FL_ZERO_RANGE | FallocateFlags::FALLOC_FL_KEEP_SIZE
+    } else {
+        FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE
+    };
+    match fallocate(file.as_fd(), flags, offset as i64, len as i64) {
+        Ok(()) => return Ok(()),
+        Err(nix::errno::Errno::EOPNOTSUPP) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let zeros = vec![0u8; (1 << 20).min(len as usize)];
+    let mut pos = offset;
+    let end = offset + len;
+    while pos < end {
+        let n = ((end - pos) as usize).min(zeros.len());
+        file.write_all_at(&zeros[..n], pos)?;
+        pos += n as u64;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

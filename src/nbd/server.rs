@@ -1,0 +1,181 @@
+//! The listener and the export slot: accepts connections, runs each one's handshake under a
+//! deadline, counts the clients of the current export, and withdraws an export by telling its
+//! connections to close and waiting until they have.
+
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::socket::{setsockopt, sockopt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::export::Export;
+use super::handshake::{self, Exports, HandshakeError};
+use super::transmission::{self, Ended};
+
+/// A client that has not finished its handshake by then is dropped (a truncated handshake
+/// must not hold a task forever).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TCP keepalive: a board that lost power never closes its connection; these probes find out
+/// within about 30 s, so its client count goes back to zero.
+const KEEPALIVE_IDLE_S: u32 = 10;
+const KEEPALIVE_INTERVAL_S: u32 = 5;
+const KEEPALIVE_PROBES: u32 = 4;
+
+/// The export being served, and its clients.
+pub struct Slot {
+    pub export: Arc<Export>,
+    /// Turned true to make every connection of this export close.
+    withdrawn: watch::Sender<bool>,
+    clients: AtomicU32,
+}
+
+impl Slot {
+    pub fn new(export: Export) -> Slot {
+        Slot {
+            export: Arc::new(export),
+            withdrawn: watch::channel(false).0,
+            clients: AtomicU32::new(0),
+        }
+    }
+
+    /// A new slot for the same export (after a reset): new connections, new count.
+    pub fn new_from(old: &Slot) -> Slot {
+        Slot {
+            export: old.export.clone(),
+            withdrawn: watch::channel(false).0,
+            clients: AtomicU32::new(0),
+        }
+    }
+
+    pub fn clients(&self) -> u32 {
+        self.clients.load(Ordering::Acquire)
+    }
+
+    /// Closes every connection of this export and waits until they are gone.
+    pub async fn withdraw(&self) {
+        self.withdrawn.send_replace(true);
+        if tokio::time::timeout(Duration::from_secs(5), self.withdrawn.closed())
+            .await
+            .is_err()
+        {
+            warn!(subsystem = "nbd", "connections of {} are slow to close", self.export.name);
+        }
+    }
+}
+
+/// What the listener needs from the owner of the export slot.
+pub trait Host: Send + Sync + 'static {
+    fn current(&self) -> Option<Arc<Slot>>;
+    /// Called whenever the number of clients changed.
+    fn clients_changed(&self);
+}
+
+struct Lookup<'a, H: Host>(&'a H);
+
+impl<H: Host> Exports for Lookup<'_, H> {
+    fn find(&self, name: &str) -> Option<Arc<Export>> {
+        let slot = self.0.current()?;
+        (name.is_empty() || name == slot.export.name).then(|| slot.export.clone())
+    }
+
+    fn list(&self) -> Vec<(String, String)> {
+        self.0
+            .current()
+            .map(|s| {
+                vec![(
+                    s.export.name.clone(),
+                    handshake::description(&s.export),
+                )]
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Accepts connections until the runtime is shut down.
+pub async fn accept<H: Host>(listener: TcpListener, host: Arc<H>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                tokio::spawn(connection(host.clone(), stream, peer));
+            }
+            Err(e) => {
+                // EMFILE and friends: wait a little rather than spin.
+                warn!(subsystem = "nbd", "accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn connection<H: Host>(host: Arc<H>, mut stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    tune_keepalive(&stream);
+    let negotiated = match tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        handshake::negotiate(&mut stream, &Lookup(&*host)),
+    )
+    .await
+    {
+        Ok(Ok(n)) => n,
+        Ok(Err(HandshakeError::Aborted)) => {
+            debug!(subsystem = "nbd", "{peer}: handshake aborted by the client");
+            return;
+        }
+        Ok(Err(e)) => {
+            info!(subsystem = "nbd", "{peer}: handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            info!(subsystem = "nbd", "{peer}: no complete handshake within {HANDSHAKE_TIMEOUT:?}");
+            return;
+        }
+    };
+    // The export may have been withdrawn while the client negotiated.
+    let Some(slot) = host
+        .current()
+        .filter(|s| Arc::ptr_eq(&s.export, &negotiated.export))
+    else {
+        return;
+    };
+    let withdrawn = slot.withdrawn.subscribe();
+    if *withdrawn.borrow() {
+        return;
+    }
+    slot.clients.fetch_add(1, Ordering::AcqRel);
+    host.clients_changed();
+    info!(
+        subsystem = "nbd",
+        "{peer}: connected to {} ({}{})",
+        slot.export.name,
+        slot.export.mode.as_str(),
+        if negotiated.structured {
+            ", structured replies"
+        } else {
+            ""
+        }
+    );
+    let ended = transmission::serve(stream, negotiated, withdrawn).await;
+    slot.clients.fetch_sub(1, Ordering::AcqRel);
+    host.clients_changed();
+    match ended {
+        Ended::Disconnected | Ended::Disc | Ended::Withdrawn => {
+            info!(subsystem = "nbd", "{peer}: disconnected ({ended})")
+        }
+        Ended::Protocol(_) | Ended::Io(_) => {
+            warn!(subsystem = "nbd", "{peer}: connection closed: {ended}")
+        }
+    }
+}
+
+fn tune_keepalive(stream: &TcpStream) {
+    let fd = stream.as_fd();
+    let _ = setsockopt(&fd, sockopt::KeepAlive, &true);
+    let _ = setsockopt(&fd, sockopt::TcpKeepIdle, &KEEPALIVE_IDLE_S);
+    let _ = setsockopt(&fd, sockopt::TcpKeepInterval, &KEEPALIVE_INTERVAL_S);
+    let _ = setsockopt(&fd, sockopt::TcpKeepCount, &KEEPALIVE_PROBES);
+}

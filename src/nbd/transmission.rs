@@ -1,0 +1,429 @@
+//! The transmission phase of one connection: requests in, replies out.
+//!
+//! Two tasks per connection. The reader parses requests (buffered: a pipelining client's
+//! headers arrive many per read), validates them, and does the work; it hands replies to the
+//! writer, which owns the socket's sending side. A READ is not copied through this process:
+//! its reply is a header and a list of file ranges that the writer sends with `sendfile`,
+//! straight from the page cache to the socket. Replies to FLUSH and FUA writes come from
+//! blocking tasks, so a slow `fdatasync` never holds up the reads queued behind it; the
+//! protocol lets replies come out of order, matched by cookie.
+
+use std::io;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+use nix::sys::socket::{MsgFlags, send};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, warn};
+
+use super::export::{Export, NbdError, Segment};
+use super::handshake::Negotiated;
+use super::proto::{self, Command, REQUEST_LEN, Request};
+
+/// Replies queued to the writer before the reader stops reading requests: a client that
+/// does not read its replies is slowed down, not buffered without bound.
+const QUEUE: usize = 256;
+/// How far requests are read ahead.
+const READ_BUFFER: usize = 256 * 1024;
+/// The most extents one BLOCK_STATUS reply carries (the client asks again for the rest).
+const MAX_EXTENTS: usize = 4096;
+
+/// One reply, in the order the writer sends it.
+enum Reply {
+    /// Bytes ready to go: a header, an error, a block status.
+    Bytes(Vec<u8>),
+    /// A READ: its header, then file ranges.
+    Data { header: Vec<u8>, segments: Vec<Segment> },
+}
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum Ended {
+    #[error("the client disconnected")]
+    Disconnected,
+    #[error("the client sent NBD_CMD_DISC")]
+    Disc,
+    #[error("the export was withdrawn")]
+    Withdrawn,
+    #[error("{0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// Serves requests on `stream` until the client leaves or `withdrawn` turns true.
+pub async fn serve(
+    stream: TcpStream,
+    negotiated: Negotiated,
+    mut withdrawn: watch::Receiver<bool>,
+) -> Ended {
+    let (rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let writer = tokio::spawn(write_replies(wr, rx));
+    let mut rd = BufReader::with_capacity(READ_BUFFER, rd);
+    let connection = Connection {
+        export: negotiated.export,
+        structured: negotiated.structured,
+        allocation: negotiated.allocation,
+        tx,
+    };
+    let ended = loop {
+        let mut header = [0u8; REQUEST_LEN];
+        let read = tokio::select! {
+            biased;
+            _ = withdrawn.wait_for(|w| *w) => break Ended::Withdrawn,
+            r = rd.read_exact(&mut header) => r,
+        };
+        match read {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break Ended::Disconnected,
+            Err(e) => break Ended::Io(e),
+        }
+        let request = match proto::parse_request(&header) {
+            Ok(r) => r,
+            Err(bad) => break Ended::Protocol(bad.to_string()),
+        };
+        match connection.handle(request, &mut rd).await {
+            Ok(true) => {}
+            Ok(false) => break Ended::Disc,
+            Err(e) => break e,
+        }
+    };
+    // Replies already queued still go out (a DISC waits for them, as the spec asks).
+    drop(connection);
+    match writer.await {
+        Ok(Err(e)) if matches!(ended, Ended::Disc) => Ended::Io(e),
+        _ => ended,
+    }
+}
+
+struct Connection {
+    export: Arc<Export>,
+    structured: bool,
+    allocation: bool,
+    tx: mpsc::Sender<Reply>,
+}
+
+impl Connection {
+    /// Handles one request; false when the client asked to disconnect.
+    async fn handle<R>(&self, r: Request, rd: &mut R) -> Result<bool, Ended>
+    where
+        R: tokio::io::AsyncRead + Unpin,
+    {
+        // A WRITE's payload follows its header whatever we answer: read it first, so the
+        // stream stays in step even when the request is refused.
+        let payload = if r.command == Command::Write {
+            if r.length > proto::MAX_PAYLOAD {
+                discard(rd, u64::from(r.length)).await?;
+                self.error(
+                    &r,
+                    NbdError::new(
+                        proto::ENOMEM,
+                        format!(
+                            "write of {} bytes is larger than the maximum of {}",
+                            r.length,
+                            proto::MAX_PAYLOAD
+                        ),
+                    ),
+                )
+                .await?;
+                return Ok(true);
+            }
+            let mut data = vec![0u8; r.length as usize];
+            rd.read_exact(&mut data).await.map_err(eof)?;
+            Some(data)
+        } else {
+            None
+        };
+        if let Err(e) = self.validate(&r) {
+            self.error(&r, e).await?;
+            return Ok(true);
+        }
+        let export = &self.export;
+        match r.command {
+            Command::Read => {
+                let header = if self.structured {
+                    proto::offset_data_header(r.cookie, r.offset, r.length).to_vec()
+                } else {
+                    proto::simple_reply(r.cookie, 0).to_vec()
+                };
+                let segments = export.read_plan(r.offset, u64::from(r.length));
+                self.send(Reply::Data { header, segments }).await?;
+            }
+            Command::Write => {
+                let data = payload.unwrap_or_default();
+                let result = export.write(&data, r.offset);
+                self.finish(&r, result).await?;
+            }
+            Command::Trim | Command::WriteZeroes => {
+                // TRIM may leave anything behind; zeros (a hole in the overlay) are the
+                // cheapest answer that is also the most predictable.
+                let allocate = r.command == Command::WriteZeroes
+                    && r.flags & proto::CMD_FLAG_NO_HOLE != 0;
+                let result = export.zero(r.offset, u64::from(r.length), allocate);
+                self.finish(&r, result).await?;
+            }
+            Command::Flush => {
+                let export = export.clone();
+                let tx = self.tx.clone();
+                let structured = self.structured;
+                tokio::task::spawn_blocking(move || {
+                    let reply = reply_for(&r, structured, export.flush());
+                    let _ = tx.blocking_send(reply);
+                });
+            }
+            Command::Cache => {
+                export.cache(r.offset, u64::from(r.length));
+                self.ok(&r).await?;
+            }
+            Command::BlockStatus => {
+                let max = if r.flags & proto::CMD_FLAG_REQ_ONE != 0 {
+                    1
+                } else {
+                    MAX_EXTENTS
+                };
+                match export.block_status(r.offset, u64::from(r.length), max) {
+                    Ok(extents) => {
+                        self.send(Reply::Bytes(proto::block_status_chunk(r.cookie, &extents)))
+                            .await?
+                    }
+                    Err(e) => self.error(&r, e).await?,
+                }
+            }
+            Command::Disc => return Ok(false),
+            // Refused by validate().
+            Command::Unknown(_) => {}
+        }
+        Ok(true)
+    }
+
+    /// The checks every server must make before touching data, in nbdkit's order, so that
+    /// the same bad request gets the same errno from both.
+    fn validate(&self, r: &Request) -> Result<(), NbdError> {
+        let export = &self.export;
+        let writes = matches!(
+            r.command,
+            Command::Write | Command::Trim | Command::WriteZeroes
+        );
+        match r.command {
+            Command::Unknown(n) => {
+                return Err(NbdError::new(
+                    proto::EINVAL,
+                    format!("unknown command {n}"),
+                ));
+            }
+            Command::Disc | Command::Flush => {}
+            _ => {
+                if !export.in_range(r.offset, r.length) {
+                    let errno = if matches!(r.command, Command::Write | Command::WriteZeroes) {
+                        proto::ENOSPC
+                    } else {
+                        proto::EINVAL
+                    };
+                    return Err(NbdError::new(
+                        errno,
+                        format!(
+                            "{} of {} bytes at {} is beyond the end of the export ({} bytes)",
+                            r.command.name(),
+                            r.length,
+                            r.offset,
+                            export.size
+                        ),
+                    ));
+                }
+            }
+        }
+        if r.flags & !proto::CMD_FLAGS_KNOWN != 0 {
+            return Err(NbdError::new(
+                proto::EINVAL,
+                format!("unknown command flags {:#x}", r.flags),
+            ));
+        }
+        if r.flags & proto::CMD_FLAG_DF != 0 && r.command != Command::Read {
+            return Err(NbdError::new(proto::EINVAL, "DF is only for READ"));
+        }
+        if r.flags & proto::CMD_FLAG_REQ_ONE != 0 && r.command != Command::BlockStatus {
+            return Err(NbdError::new(proto::EINVAL, "REQ_ONE is only for BLOCK_STATUS"));
+        }
+        if r.flags & proto::CMD_FLAG_NO_HOLE != 0 && r.command != Command::WriteZeroes {
+            return Err(NbdError::new(
+                proto::EINVAL,
+                "NO_HOLE is only for WRITE_ZEROES",
+            ));
+        }
+        if r.command == Command::Read && r.length > proto::MAX_PAYLOAD {
+            return Err(NbdError::new(
+                proto::ENOMEM,
+                format!(
+                    "read of {} bytes is larger than the maximum of {}",
+                    r.length,
+                    proto::MAX_PAYLOAD
+                ),
+            ));
+        }
+        if matches!(r.command, Command::Read | Command::Write) && r.length == 0 {
+            return Err(NbdError::new(proto::EINVAL, "zero-length request"));
+        }
+        if writes && export.overlay().is_none() {
+            return Err(NbdError::new(proto::EPERM, "the export is read-only"));
+        }
+        if r.command == Command::BlockStatus {
+            if !self.allocation {
+                return Err(NbdError::new(
+                    proto::EINVAL,
+                    "BLOCK_STATUS without base:allocation negotiated",
+                ));
+            }
+            if r.length == 0 {
+                return Err(NbdError::new(proto::EINVAL, "zero-length BLOCK_STATUS"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers a completed write: at once, or after a flush when the client asked for FUA.
+    async fn finish(&self, r: &Request, result: Result<(), NbdError>) -> Result<(), Ended> {
+        if result.is_ok() && r.flags & proto::CMD_FLAG_FUA != 0 {
+            let export = self.export.clone();
+            let tx = self.tx.clone();
+            let structured = self.structured;
+            let r = *r;
+            tokio::task::spawn_blocking(move || {
+                let _ = tx.blocking_send(reply_for(&r, structured, export.flush()));
+            });
+            return Ok(());
+        }
+        self.send(reply_for(r, self.structured, result)).await
+    }
+
+    async fn ok(&self, r: &Request) -> Result<(), Ended> {
+        self.send(reply_for(r, self.structured, Ok(()))).await
+    }
+
+    async fn error(&self, r: &Request, e: NbdError) -> Result<(), Ended> {
+        debug!(subsystem = "nbd", "{} refused: {}", r.command.name(), e.message);
+        self.send(reply_for(r, self.structured, Err(e))).await
+    }
+
+    async fn send(&self, reply: Reply) -> Result<(), Ended> {
+        self.tx
+            .send(reply)
+            .await
+            .map_err(|_| Ended::Io(io::Error::other("the reply writer stopped")))
+    }
+}
+
+fn reply_for(r: &Request, structured: bool, result: Result<(), NbdError>) -> Reply {
+    Reply::Bytes(match (result, structured) {
+        (Ok(()), true) => proto::done_chunk(r.cookie).to_vec(),
+        (Ok(()), false) => proto::simple_reply(r.cookie, 0).to_vec(),
+        (Err(e), true) => proto::error_chunk(r.cookie, e.errno, &e.message),
+        (Err(e), false) => proto::simple_reply(r.cookie, e.errno).to_vec(),
+    })
+}
+
+fn eof(e: io::Error) -> Ended {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        Ended::Disconnected
+    } else {
+        Ended::Io(e)
+    }
+}
+
+/// Reads and drops `len` bytes (the payload of a refused oversized write).
+async fn discard<R: tokio::io::AsyncRead + Unpin>(rd: &mut R, len: u64) -> Result<(), Ended> {
+    let copied = tokio::io::copy(&mut rd.take(len), &mut tokio::io::sink())
+        .await
+        .map_err(eof)?;
+    if copied < len {
+        return Err(Ended::Disconnected);
+    }
+    Ok(())
+}
+
+/// The writer: sends queued replies, coalescing small ones into one `send`.
+async fn write_replies(wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Reply>) -> io::Result<()> {
+    let stream: &TcpStream = wr.as_ref();
+    let mut pending: Vec<u8> = Vec::with_capacity(64 * 1024);
+    while let Some(reply) = rx.recv().await {
+        let mut next = Some(reply);
+        while let Some(reply) = next.take() {
+            match reply {
+                Reply::Bytes(b) => pending.extend_from_slice(&b),
+                Reply::Data { header, segments } => {
+                    pending.extend_from_slice(&header);
+                    send_all(stream, &pending, true).await?;
+                    pending.clear();
+                    for s in &segments {
+                        sendfile_all(stream, s).await?;
+                    }
+                }
+            }
+            if pending.len() < 64 * 1024 {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !pending.is_empty() {
+            send_all(stream, &pending, false).await?;
+            pending.clear();
+        }
+    }
+    let mut wr = wr;
+    wr.shutdown().await
+}
+
+/// Sends all of `buf`; `more` tells the kernel that data follows (the file data of a READ),
+/// so header and data leave in one segment.
+async fn send_all(stream: &TcpStream, mut buf: &[u8], more: bool) -> io::Result<()> {
+    let flags = if more {
+        // nix has no name for MSG_MORE.
+        MsgFlags::from_bits_retain(nix::libc::MSG_MORE) | MsgFlags::MSG_NOSIGNAL
+    } else {
+        MsgFlags::MSG_NOSIGNAL
+    };
+    while !buf.is_empty() {
+        stream.writable().await?;
+        match stream.try_io(tokio::io::Interest::WRITABLE, || {
+            send(raw(stream), buf, flags).map_err(io::Error::from)
+        }) {
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+async fn sendfile_all(stream: &TcpStream, s: &Segment) -> io::Result<()> {
+    let mut offset = s.offset as nix::libc::off64_t;
+    let mut left = s.len as usize;
+    while left > 0 {
+        stream.writable().await?;
+        match stream.try_io(tokio::io::Interest::WRITABLE, || {
+            nix::sys::sendfile::sendfile64(stream.as_fd(), s.file.as_fd(), Some(&mut offset), left)
+                .map_err(io::Error::from)
+        }) {
+            Ok(0) => {
+                // The file is shorter than when the READ was planned: a truncated image.
+                // The client already has the header, so the stream cannot be kept in step.
+                warn!(subsystem = "nbd", "the exported file shrank under a READ");
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the exported file shrank",
+                ));
+            }
+            Ok(n) => left -= n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn raw(stream: &TcpStream) -> std::os::fd::RawFd {
+    use std::os::fd::AsRawFd;
+    stream.as_raw_fd()
+}

@@ -238,11 +238,18 @@ where
             }
             // STARTTLS, EXTENDED_HEADERS and whatever comes next.
             other => {
-                let message = match other {
-                    proto::OPT_STARTTLS => "TLS is not offered by this server".to_string(),
-                    _ => format!("option {other} is not supported by this server"),
+                // STARTTLS gets ERR_POLICY, as from nbdkit and qemu-nbd without TLS.
+                let (error, message) = match other {
+                    proto::OPT_STARTTLS => (
+                        proto::REP_ERR_POLICY,
+                        "TLS is not offered by this server".to_string(),
+                    ),
+                    _ => (
+                        proto::REP_ERR_UNSUP,
+                        format!("option {other} is not supported by this server"),
+                    ),
                 };
-                reply_error(stream, option, proto::REP_ERR_UNSUP, &message).await?;
+                reply_error(stream, option, error, &message).await?;
             }
         }
         stream.flush().await?;

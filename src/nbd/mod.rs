@@ -10,6 +10,7 @@
 //! export slot. This handle ([`Nbd`]) is what the board and the D-Bus layer use.
 
 pub mod export;
+pub mod fuzz;
 pub mod handshake;
 pub mod overlay;
 pub mod proto;

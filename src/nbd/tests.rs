@@ -50,3 +50,82 @@ fn nbdinfo_sees_an_export() {
     assert!(text.contains("can_multi_conn: true"), "{text}");
     assert!(text.contains("base:allocation"), "{text}");
 }
+
+/// A valid client: flags, structured replies, base:allocation, GO, then requests.
+fn seed() -> Vec<u8> {
+    fn option(v: &mut Vec<u8>, opt: u32, data: &[u8]) {
+        v.extend_from_slice(&proto::OPTION_MAGIC.to_be_bytes());
+        v.extend_from_slice(&opt.to_be_bytes());
+        v.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        v.extend_from_slice(data);
+    }
+    fn request(v: &mut Vec<u8>, cmd: u16, flags: u16, offset: u64, len: u32) {
+        v.extend_from_slice(&proto::REQUEST_MAGIC.to_be_bytes());
+        v.extend_from_slice(&flags.to_be_bytes());
+        v.extend_from_slice(&cmd.to_be_bytes());
+        v.extend_from_slice(&7u64.to_be_bytes());
+        v.extend_from_slice(&offset.to_be_bytes());
+        v.extend_from_slice(&len.to_be_bytes());
+        if cmd == 1 {
+            v.extend(std::iter::repeat_n(0xab, len as usize));
+        }
+    }
+    let mut v = vec![1];
+    v.extend_from_slice(&3u32.to_be_bytes());
+    option(&mut v, proto::OPT_STRUCTURED_REPLY, &[]);
+    let mut meta = 4u32.to_be_bytes().to_vec();
+    meta.extend_from_slice(b"fuzz");
+    meta.extend_from_slice(&1u32.to_be_bytes());
+    meta.extend_from_slice(&15u32.to_be_bytes());
+    meta.extend_from_slice(b"base:allocation");
+    option(&mut v, proto::OPT_SET_META_CONTEXT, &meta);
+    option(&mut v, proto::OPT_LIST, &[]);
+    let mut go = 4u32.to_be_bytes().to_vec();
+    go.extend_from_slice(b"fuzz");
+    go.extend_from_slice(&1u16.to_be_bytes());
+    go.extend_from_slice(&proto::INFO_BLOCK_SIZE.to_be_bytes());
+    option(&mut v, proto::OPT_GO, &go);
+    request(&mut v, 1, 0, 4000, 300);
+    request(&mut v, 0, 0, 0, 8192);
+    request(&mut v, 6, 2, 10_000, 5000);
+    request(&mut v, 4, 1, 1 << 20, 1000);
+    request(&mut v, 7, 0, 0, 1 << 20);
+    request(&mut v, 5, 0, 4096, 4096);
+    request(&mut v, 3, 0, 0, 0);
+    v
+}
+
+/// The fuzz target's entry point over mutations of a valid session, as a cheap stand-in for
+/// `cargo fuzz` in every test run (docs/nbd.md says how to run the real fuzzer).
+#[test]
+fn the_fuzz_entry_point_survives_mutated_sessions() {
+    let seed = seed();
+    // The unmutated session must get all the way through, in both modes.
+    assert_eq!(fuzz::server(&seed), 7, "cow: all seven requests are valid");
+    let mut ro = seed.clone();
+    ro[0] = 0;
+    assert_eq!(fuzz::server(&ro), 4, "ro: writes, trims and zeroes are refused");
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for _ in 0..1500 {
+        let mut input = seed.clone();
+        for _ in 0..(next() % 8 + 1) {
+            let at = (next() as usize) % input.len();
+            match next() % 4 {
+                0 => input[at] = next() as u8,
+                1 => input[at] ^= 1 << (next() % 8),
+                2 => input.truncate(at.max(1)),
+                _ => {
+                    let b = next().to_be_bytes();
+                    input.splice(at..at, b);
+                }
+            }
+        }
+        let _ = fuzz::server(&input);
+    }
+}

@@ -138,7 +138,7 @@ impl Connection {
         } else {
             None
         };
-        if let Err(e) = self.validate(&r) {
+        if let Err(e) = validate(&self.export, self.allocation, &r) {
             self.error(&r, e).await?;
             return Ok(true);
         }
@@ -200,90 +200,6 @@ impl Connection {
         Ok(true)
     }
 
-    /// The checks every server must make before touching data, in nbdkit's order, so that
-    /// the same bad request gets the same errno from both.
-    fn validate(&self, r: &Request) -> Result<(), NbdError> {
-        let export = &self.export;
-        let writes = matches!(
-            r.command,
-            Command::Write | Command::Trim | Command::WriteZeroes
-        );
-        match r.command {
-            Command::Unknown(n) => {
-                return Err(NbdError::new(
-                    proto::EINVAL,
-                    format!("unknown command {n}"),
-                ));
-            }
-            Command::Disc | Command::Flush => {}
-            _ => {
-                if !export.in_range(r.offset, r.length) {
-                    let errno = if matches!(r.command, Command::Write | Command::WriteZeroes) {
-                        proto::ENOSPC
-                    } else {
-                        proto::EINVAL
-                    };
-                    return Err(NbdError::new(
-                        errno,
-                        format!(
-                            "{} of {} bytes at {} is beyond the end of the export ({} bytes)",
-                            r.command.name(),
-                            r.length,
-                            r.offset,
-                            export.size
-                        ),
-                    ));
-                }
-            }
-        }
-        if r.flags & !proto::CMD_FLAGS_KNOWN != 0 {
-            return Err(NbdError::new(
-                proto::EINVAL,
-                format!("unknown command flags {:#x}", r.flags),
-            ));
-        }
-        if r.flags & proto::CMD_FLAG_DF != 0 && r.command != Command::Read {
-            return Err(NbdError::new(proto::EINVAL, "DF is only for READ"));
-        }
-        if r.flags & proto::CMD_FLAG_REQ_ONE != 0 && r.command != Command::BlockStatus {
-            return Err(NbdError::new(proto::EINVAL, "REQ_ONE is only for BLOCK_STATUS"));
-        }
-        if r.flags & proto::CMD_FLAG_NO_HOLE != 0 && r.command != Command::WriteZeroes {
-            return Err(NbdError::new(
-                proto::EINVAL,
-                "NO_HOLE is only for WRITE_ZEROES",
-            ));
-        }
-        if r.command == Command::Read && r.length > proto::MAX_PAYLOAD {
-            return Err(NbdError::new(
-                proto::ENOMEM,
-                format!(
-                    "read of {} bytes is larger than the maximum of {}",
-                    r.length,
-                    proto::MAX_PAYLOAD
-                ),
-            ));
-        }
-        if matches!(r.command, Command::Read | Command::Write) && r.length == 0 {
-            return Err(NbdError::new(proto::EINVAL, "zero-length request"));
-        }
-        if writes && export.overlay().is_none() {
-            return Err(NbdError::new(proto::EPERM, "the export is read-only"));
-        }
-        if r.command == Command::BlockStatus {
-            if !self.allocation {
-                return Err(NbdError::new(
-                    proto::EINVAL,
-                    "BLOCK_STATUS without base:allocation negotiated",
-                ));
-            }
-            if r.length == 0 {
-                return Err(NbdError::new(proto::EINVAL, "zero-length BLOCK_STATUS"));
-            }
-        }
-        Ok(())
-    }
-
     /// Answers a completed write: at once, or after a flush when the client asked for FUA.
     async fn finish(&self, r: &Request, result: Result<(), NbdError>) -> Result<(), Ended> {
         if result.is_ok() && r.flags & proto::CMD_FLAG_FUA != 0 {
@@ -314,6 +230,86 @@ impl Connection {
             .await
             .map_err(|_| Ended::Io(io::Error::other("the reply writer stopped")))
     }
+}
+
+/// The checks every server must make before touching data, in nbdkit's order, so that
+/// the same bad request gets the same errno from both.
+pub fn validate(export: &Export, allocation: bool, r: &Request) -> Result<(), NbdError> {
+    let writes = matches!(
+        r.command,
+        Command::Write | Command::Trim | Command::WriteZeroes
+    );
+    if let Command::Unknown(n) = r.command {
+        return Err(NbdError::new(proto::EINVAL, format!("unknown command {n}")));
+    }
+    if writes && export.overlay().is_none() {
+        return Err(NbdError::new(proto::EPERM, "the export is read-only"));
+    }
+    match r.command {
+        Command::Disc | Command::Flush | Command::Unknown(_) => {}
+        _ => {
+            if !export.in_range(r.offset, r.length) {
+                let errno = if matches!(r.command, Command::Write | Command::WriteZeroes) {
+                    proto::ENOSPC
+                } else {
+                    proto::EINVAL
+                };
+                return Err(NbdError::new(
+                    errno,
+                    format!(
+                        "{} of {} bytes at {} is beyond the end of the export ({} bytes)",
+                        r.command.name(),
+                        r.length,
+                        r.offset,
+                        export.size
+                    ),
+                ));
+            }
+        }
+    }
+    if r.flags & !proto::CMD_FLAGS_KNOWN != 0 {
+        return Err(NbdError::new(
+            proto::EINVAL,
+            format!("unknown command flags {:#x}", r.flags),
+        ));
+    }
+    if r.flags & proto::CMD_FLAG_DF != 0 && r.command != Command::Read {
+        return Err(NbdError::new(proto::EINVAL, "DF is only for READ"));
+    }
+    if r.flags & proto::CMD_FLAG_REQ_ONE != 0 && r.command != Command::BlockStatus {
+        return Err(NbdError::new(proto::EINVAL, "REQ_ONE is only for BLOCK_STATUS"));
+    }
+    if r.flags & proto::CMD_FLAG_NO_HOLE != 0 && r.command != Command::WriteZeroes {
+        return Err(NbdError::new(
+            proto::EINVAL,
+            "NO_HOLE is only for WRITE_ZEROES",
+        ));
+    }
+    if r.command == Command::Read && r.length > proto::MAX_PAYLOAD {
+        return Err(NbdError::new(
+            proto::ENOMEM,
+            format!(
+                "read of {} bytes is larger than the maximum of {}",
+                r.length,
+                proto::MAX_PAYLOAD
+            ),
+        ));
+    }
+    if matches!(r.command, Command::Read | Command::Write) && r.length == 0 {
+        return Err(NbdError::new(proto::EINVAL, "zero-length request"));
+    }
+    if r.command == Command::BlockStatus {
+        if !allocation {
+            return Err(NbdError::new(
+                proto::EINVAL,
+                "BLOCK_STATUS without base:allocation negotiated",
+            ));
+        }
+        if r.length == 0 {
+            return Err(NbdError::new(proto::EINVAL, "zero-length BLOCK_STATUS"));
+        }
+    }
+    Ok(())
 }
 
 fn reply_for(r: &Request, structured: bool, result: Result<(), NbdError>) -> Reply {

@@ -51,6 +51,7 @@ pub struct Config {
     pub power: Option<PowerConfig>,
     pub console: Option<ConsoleConfig>,
     pub pdudaemon_api: Option<PduApiConfig>,
+    pub nbd: Option<NbdConfig>,
     /// Sections of the config contract that a later subsystem will own; kept so that a
     /// complete lab config validates today. The daemon warns that they are not served yet.
     pub pending_sections: Vec<&'static str>,
@@ -181,6 +182,22 @@ pub struct ConsoleConfig {
     pub client_buffer: usize,
 }
 
+/// `[nbd]`: the NBD server that exports images from the image folder.
+#[derive(Debug, Clone)]
+pub struct NbdConfig {
+    /// Default `127.0.0.1:10809`; in a lab, the address the board reaches.
+    pub listen: SocketAddr,
+    /// The host put into export URIs (default: the listen address, or the host name when
+    /// listening on all addresses).
+    pub uri_host: Option<String>,
+    /// Where `cow` overlays live (default: `<images dir>/.rtmd/overlays/<board>`).
+    pub overlay_dir: Option<PathBuf>,
+}
+
+/// Loopback and the NBD port IANA assigned.
+pub const NBD_DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 10809);
+
 /// `[pdudaemon_api]`: answer pdudaemon's protocols for this board's power.
 #[derive(Debug, Clone)]
 pub struct PduApiConfig {
@@ -245,7 +262,7 @@ struct RawConfig {
     power: Option<RawPower>,
     console: Option<RawConsole>,
     images: Option<RawImages>,
-    nbd: Option<RawNbd>,
+    nbd: Option<Spanned<RawNbd>>,
     storage: Option<RawStorage>,
     capture: Option<RawCapture>,
     access: Option<RawAccess>,
@@ -329,9 +346,10 @@ struct RawImages {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
 struct RawNbd {
     listen: S<String>,
+    uri_host: S<String>,
+    overlay_dir: S<String>,
 }
 
 #[derive(Deserialize)]
@@ -482,9 +500,40 @@ fn validate(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         }
         None => None,
     };
+    let nbd = match &raw.nbd {
+        Some(section) => {
+            if raw.images.is_none() {
+                return Err(cx.at(
+                    section,
+                    "[nbd] exports images from the image folder: add [images] with `dir`",
+                ));
+            }
+            let n = section.get_ref();
+            let listen = socket_addr(cx, &n.listen, "listen")?.unwrap_or(NBD_DEFAULT_LISTEN);
+            let uri_host = match &n.uri_host {
+                Some(h) if h.get_ref().is_empty() || h.get_ref().contains(['/', ' ']) => {
+                    return Err(cx.at(h, "`uri_host` must be a host name or address"));
+                }
+                Some(h) => Some(h.get_ref().clone()),
+                None => None,
+            };
+            let overlay_dir = match &n.overlay_dir {
+                Some(d) if !Path::new(d.get_ref()).is_absolute() => {
+                    return Err(cx.at(d, "`overlay_dir` must be an absolute path"));
+                }
+                Some(d) => Some(PathBuf::from(d.get_ref())),
+                None => None,
+            };
+            Some(NbdConfig {
+                listen,
+                uri_host,
+                overlay_dir,
+            })
+        }
+        None => None,
+    };
     let pending_sections = [
         ("images", raw.images.is_some()),
-        ("nbd", raw.nbd.is_some()),
         ("storage", raw.storage.is_some()),
         ("capture", raw.capture.is_some()),
         ("access", raw.access.is_some()),
@@ -498,6 +547,7 @@ fn validate(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         power,
         console,
         pdudaemon_api,
+        nbd,
         pending_sections,
         warnings,
     })

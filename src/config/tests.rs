@@ -180,3 +180,23 @@ fn supply_needs_a_voltage_range() {
     let e = err(&DPM.replace("[4.0, 5.8]", "[5.8, 4.0]"));
     assert!(e.message.contains("0 <= min < max"), "{e}");
 }
+
+#[test]
+fn nbd_defaults_and_mistakes() {
+    let c = parse_str("name = \"b\"\n[images]\ndir = \"/srv/img\"\n[nbd]\n").unwrap();
+    let n = c.nbd.unwrap();
+    assert_eq!(n.listen, NBD_DEFAULT_LISTEN);
+    assert_eq!((n.uri_host, n.overlay_dir), (None, None));
+
+    let e = err("name = \"b\"\n[nbd]\nlisten = \"127.0.0.1:10809\"\n");
+    assert_eq!((e.line, e.column), (2, 1));
+    assert!(e.message.contains("add [images]"), "{e}");
+
+    let e = err("name = \"b\"\n[images]\ndir = \"/i\"\n[nbd]\nlisten = \"nowhere\"\n");
+    assert_eq!((e.line, e.column), (5, 10));
+    let e = err("name = \"b\"\n[images]\ndir = \"/i\"\n[nbd]\noverlay_dir = \"rel\"\n");
+    assert_eq!(e.line, 5);
+    assert!(e.message.contains("absolute"), "{e}");
+    let e = err("name = \"b\"\n[images]\ndir = \"/i\"\n[nbd]\nport = 1\n");
+    assert_eq!((e.line, e.column), (5, 1));
+}

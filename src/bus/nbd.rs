@@ -1,0 +1,129 @@
+//! `org.rtmd.Dut1.Nbd`: exports an image of the image folder over NBD, `ro` or `cow`, and
+//! resets the overlay. One export at a time; the same export again returns the same URI.
+
+use zbus::{Connection, interface};
+
+use super::{Error, PATH};
+use crate::images::Store;
+use crate::nbd::{Mode, Nbd, NbdServerError};
+
+impl From<NbdServerError> for Error {
+    fn from(e: NbdServerError) -> Self {
+        match e {
+            NbdServerError::Busy(m) => Error::Busy(m),
+            NbdServerError::NotExported => Error::NotFound(e.to_string()),
+            NbdServerError::Io(m) => Error::Hardware(m),
+        }
+    }
+}
+
+pub struct NbdIface {
+    nbd: Nbd,
+    images: Store,
+}
+
+impl NbdIface {
+    pub fn new(nbd: Nbd, images: Store) -> Self {
+        NbdIface { nbd, images }
+    }
+}
+
+#[interface(name = "org.rtmd.Dut1.Nbd")]
+impl NbdIface {
+    /// Exports `image` (a name in the image folder) with `mode` `ro` or `cow`; returns the
+    /// `nbd://` URI a client connects to.
+    #[zbus(out_args("uri"))]
+    async fn export(&self, image: &str, mode: &str) -> Result<String, Error> {
+        let mode = Mode::parse(mode).ok_or_else(|| {
+            Error::InvalidArgs(format!("mode {mode:?}: expected \"ro\" or \"cow\""))
+        })?;
+        let (path, name) = self.images.resolve(image)?;
+        let nbd = self.nbd.clone();
+        // Opening a cow overlay reads its map from disk.
+        tokio::task::spawn_blocking(move || nbd.export(&name, &path, mode))
+            .await
+            .map_err(|e| Error::Hardware(e.to_string()))?
+            .map_err(Error::from)
+    }
+
+    /// Withdraws the export, disconnecting its clients; the overlay is kept. Nothing
+    /// exported is not an error (an undo step may run twice).
+    async fn unexport(&self) -> Result<(), Error> {
+        match self.nbd.unexport().await {
+            Ok(()) | Err(NbdServerError::NotExported) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Discards what clients wrote to the current `cow` export: its clients are
+    /// disconnected, and it reads as the pristine image again.
+    async fn reset_overlay(&self) -> Result<(), Error> {
+        Ok(self.nbd.reset_overlay().await?)
+    }
+
+    #[zbus(property)]
+    fn exported(&self) -> bool {
+        self.nbd.status().exported
+    }
+
+    #[zbus(property)]
+    fn uri(&self) -> String {
+        self.nbd.status().uri
+    }
+
+    #[zbus(property)]
+    fn mode(&self) -> String {
+        self.nbd.status().mode
+    }
+
+    /// The exported image's name in the image folder (extension).
+    #[zbus(property)]
+    fn image(&self) -> String {
+        self.nbd.status().image
+    }
+
+    #[zbus(property)]
+    fn clients(&self) -> u32 {
+        self.nbd.status().clients
+    }
+
+    /// Where the server listens (extension).
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn listen_address(&self) -> String {
+        self.nbd.local_addr().to_string()
+    }
+}
+
+/// `PropertiesChanged` for every property that changed with the server's status.
+pub async fn spawn_change_signals(connection: &Connection, nbd: Nbd) -> zbus::Result<()> {
+    let iface = connection
+        .object_server()
+        .interface::<_, NbdIface>(PATH)
+        .await?;
+    let mut status = nbd.subscribe();
+    tokio::spawn(async move {
+        let mut last = status.borrow().clone();
+        while status.changed().await.is_ok() {
+            let now = status.borrow_and_update().clone();
+            let i = iface.get().await;
+            let e = iface.signal_emitter();
+            if now.exported != last.exported {
+                let _ = i.exported_changed(e).await;
+            }
+            if now.uri != last.uri {
+                let _ = i.uri_changed(e).await;
+            }
+            if now.mode != last.mode {
+                let _ = i.mode_changed(e).await;
+            }
+            if now.image != last.image {
+                let _ = i.image_changed(e).await;
+            }
+            if now.clients != last.clients {
+                let _ = i.clients_changed(e).await;
+            }
+            last = now;
+        }
+    });
+    Ok(())
+}

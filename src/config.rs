@@ -51,6 +51,7 @@ pub struct Config {
     pub power: Option<PowerConfig>,
     pub console: Option<ConsoleConfig>,
     pub pdudaemon_api: Option<PduApiConfig>,
+    pub images: Option<ImagesConfig>,
     /// Sections of the config contract that a later subsystem will own; kept so that a
     /// complete lab config validates today. The daemon warns that they are not served yet.
     pub pending_sections: Vec<&'static str>,
@@ -181,6 +182,16 @@ pub struct ConsoleConfig {
     pub client_buffer: usize,
 }
 
+/// The `[images]` section: the one image folder (`docs/images.md`).
+#[derive(Debug, Clone)]
+pub struct ImagesConfig {
+    /// Fetched images land here; NBD exports and USB storage take images from here only.
+    /// A relative path is taken from the config file's folder.
+    pub dir: PathBuf,
+    /// Extra CA certificates (PEM) trusted for `https://` sources, besides the system store.
+    pub ca_file: Option<PathBuf>,
+}
+
 /// `[pdudaemon_api]`: answer pdudaemon's protocols for this board's power.
 #[derive(Debug, Clone)]
 pub struct PduApiConfig {
@@ -244,7 +255,7 @@ struct RawConfig {
     name: Spanned<String>,
     power: Option<RawPower>,
     console: Option<RawConsole>,
-    images: Option<RawImages>,
+    images: Option<Spanned<RawImages>>,
     nbd: Option<RawNbd>,
     storage: Option<RawStorage>,
     capture: Option<RawCapture>,
@@ -322,9 +333,9 @@ struct RawPduApi {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
 struct RawImages {
     dir: S<String>,
+    ca_file: S<String>,
 }
 
 #[derive(Deserialize)]
@@ -482,8 +493,11 @@ fn validate(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         }
         None => None,
     };
+    let images = match &raw.images {
+        Some(section) => Some(validate_images(cx, section)?),
+        None => None,
+    };
     let pending_sections = [
-        ("images", raw.images.is_some()),
         ("nbd", raw.nbd.is_some()),
         ("storage", raw.storage.is_some()),
         ("capture", raw.capture.is_some()),
@@ -498,6 +512,7 @@ fn validate(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         power,
         console,
         pdudaemon_api,
+        images,
         pending_sections,
         warnings,
     })
@@ -540,6 +555,31 @@ fn socket_addr(cx: &Cx<'_>, v: &S<String>, key: &str) -> Result<Option<SocketAdd
             ),
         )
     })
+}
+
+fn validate_images(cx: &Cx<'_>, section: &Spanned<RawImages>) -> Result<ImagesConfig, ConfigError> {
+    let raw = section.get_ref();
+    let base = cx.path.parent().unwrap_or(Path::new("."));
+    let path = |v: &Spanned<String>, key: &str| {
+        if v.get_ref().is_empty() {
+            return Err(cx.at(v, format!("{key} must not be empty")));
+        }
+        Ok(base.join(v.get_ref()))
+    };
+    let dir = match &raw.dir {
+        Some(v) => path(v, "dir")?,
+        None => {
+            return Err(cx.at(
+                section,
+                "[images] needs `dir`: the folder that holds the board's images",
+            ));
+        }
+    };
+    let ca_file = match &raw.ca_file {
+        Some(v) => Some(path(v, "ca_file")?),
+        None => None,
+    };
+    Ok(ImagesConfig { dir, ca_file })
 }
 
 fn validate_console(cx: &Cx<'_>, c: &RawConsole) -> Result<ConsoleConfig, ConfigError> {

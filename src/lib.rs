@@ -5,6 +5,7 @@ pub mod board;
 pub mod bus;
 pub mod config;
 pub mod console;
+pub mod images;
 pub mod daemon;
 pub mod demo;
 pub mod pdu_api;

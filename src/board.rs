@@ -10,6 +10,7 @@ use tracing::{info, warn};
 use crate::bus;
 use crate::config::{Config, OnStop};
 use crate::console::Console;
+use crate::images::Store;
 use crate::pdu_api;
 use crate::power::{Power, PowerState, PowerStatus};
 
@@ -21,6 +22,7 @@ pub struct Board {
     pub config: Config,
     pub power: Option<Power>,
     pub console: Option<Console>,
+    pub images: Option<Store>,
 }
 
 impl Board {
@@ -36,6 +38,10 @@ impl Board {
             Some(c) => Some(Console::start(c).await.map_err(|e| e.to_string())?),
             None => None,
         };
+        let images = match &config.images {
+            Some(c) => Some(Store::open(c).map_err(|e| format!("[images]: {e}"))?),
+            None => None,
+        };
         if let (Some(api), Some(power)) = (&config.pdudaemon_api, &power) {
             pdu_api::start(api, power.clone()).await?;
         }
@@ -43,6 +49,7 @@ impl Board {
             config,
             power,
             console,
+            images,
         })
     }
 
@@ -55,6 +62,7 @@ impl Board {
         [
             ("power", self.power.is_some()),
             ("console", self.console.is_some()),
+            ("images", self.images.is_some()),
         ]
         .into_iter()
         .filter(|(_, present)| *present)
@@ -86,6 +94,11 @@ impl Board {
 
     /// Stops fail-safe: with `on_stop = "off"` the board is switched off first.
     pub async fn stop(&self) {
+        // A fetch cut short leaves only a partial file, which the next start removes; cancel
+        // now so it is removed at once.
+        if let Some(images) = &self.images {
+            images.cancel_all();
+        }
         let (Some(power), Some(config)) = (&self.power, &self.config.power) else {
             return;
         };

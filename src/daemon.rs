@@ -41,6 +41,7 @@ pub async fn run(config: Config, bus_choice: &BusChoice) -> ExitCode {
         board.dut(),
         board.power.clone(),
         board.console.clone(),
+        board.images.clone(),
     )
     .await
     {

@@ -7,6 +7,7 @@
 
 mod console;
 mod dut;
+mod images;
 mod power;
 
 use std::time::Duration;
@@ -15,6 +16,7 @@ use zbus::connection::Builder;
 use zbus::{Connection, DBusError};
 
 use crate::console::Console;
+use crate::images::Store;
 use crate::power::{Power, PowerError};
 
 pub use dut::Dut;
@@ -116,6 +118,7 @@ pub async fn serve(
     dut: Dut,
     power: Option<Power>,
     console: Option<Console>,
+    images: Option<Store>,
 ) -> Result<Connection, ConnectError> {
     let board = dut.name().to_string();
     let name = bus_name(&board);
@@ -130,6 +133,9 @@ pub async fn serve(
     }
     if let Some(c) = &console {
         builder = builder.serve_at(PATH, console::ConsoleIface::new(c.clone()));
+    }
+    if let Some(s) = &images {
+        builder = builder.serve_at(PATH, images::ImagesIface::new(s.clone()));
     }
     builder = builder
         .name(name.clone())
@@ -154,6 +160,11 @@ pub async fn serve(
     }
     if let Some(c) = console {
         console::spawn_change_signals(&connection, c)
+            .await
+            .map_err(fail)?;
+    }
+    if let Some(s) = images {
+        images::spawn_change_signals(&connection, s)
             .await
             .map_err(fail)?;
     }

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use zbus::object_server::SignalEmitter;
-use zbus::{OwnedObjectPath, Variant as Value};
 use zbus::{Connection, ObjectServer, interface};
+use zbus::{OwnedObjectPath, Variant as Value};
 
 use super::{Error, PATH};
 use crate::images::{self, FetchJob, JobState, Progress, Store};
@@ -309,14 +309,16 @@ async fn emit_changes(
         changed.insert("Cached", Value::from(new.cached));
     }
     if old.sha256 != new.sha256 {
-        changed.insert("Sha256", Value::from(new.sha256.clone().unwrap_or_default()));
+        changed.insert(
+            "Sha256",
+            Value::from(new.sha256.clone().unwrap_or_default()),
+        );
     }
     if changed.is_empty() {
         return Ok(());
     }
     let interface = zbus::names::InterfaceName::from_static_str_unchecked(JOB_INTERFACE);
-    zbus::fdo::Properties::properties_changed(emitter, interface, changed, Cow::Borrowed(&[]))
-        .await
+    zbus::fdo::Properties::properties_changed(emitter, interface, changed, Cow::Borrowed(&[])).await
 }
 
 /// Emits `PropertiesChanged` for `Images` whenever the set of images changes.

@@ -183,11 +183,15 @@ fn supply_needs_a_voltage_range() {
 
 #[test]
 fn images_section_is_served_and_relative_dirs_follow_the_config_file() {
-    let c = parse_str("name = \"b\"\n[images]\ndir = \"images\"\nca_file = \"/etc/rtmd/lab-ca.pem\"\n")
-        .unwrap();
+    let c =
+        parse_str("name = \"b\"\n[images]\ndir = \"images\"\nca_file = \"/etc/rtmd/lab-ca.pem\"\n")
+            .unwrap();
     let i = c.images.unwrap();
     assert_eq!(i.dir, Path::new("/etc/rtmd/images"));
-    assert_eq!(i.ca_file.as_deref(), Some(Path::new("/etc/rtmd/lab-ca.pem")));
+    assert_eq!(
+        i.ca_file.as_deref(),
+        Some(Path::new("/etc/rtmd/lab-ca.pem"))
+    );
     assert!(!c.pending_sections.contains(&"images"));
     let c = parse_str("name = \"b\"\n[images]\ndir = \"/var/lib/rtmd/images\"\n[nbd]\nlisten = \"127.0.0.1:10809\"\n")
         .unwrap();

@@ -24,8 +24,7 @@ impl Format {
             Format::Gzip
         } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
             Format::Zstd
-        } else if head.len() >= 4 && head.starts_with(b"BZh") && (b'1'..=b'9').contains(&head[3])
-        {
+        } else if head.len() >= 4 && head.starts_with(b"BZh") && (b'1'..=b'9').contains(&head[3]) {
             Format::Bzip2
         } else {
             Format::Raw
@@ -88,4 +87,3 @@ pub fn decoder<'a, R: Read + Send + 'a>(
     };
     Ok((format, reader))
 }
-

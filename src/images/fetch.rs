@@ -142,8 +142,7 @@ pub fn start(store: &Store, source: &str, sha256: Option<&str>) -> Result<FetchJ
 
     if let Some(sha) = &expected
         && let Some(record) = cache::lookup(&inner.state, sha)
-        && std::fs::symlink_metadata(inner.dir.join(&record.name))
-            .is_ok_and(|m| record.matches(&m))
+        && std::fs::symlink_metadata(inner.dir.join(&record.name)).is_ok_and(|m| record.matches(&m))
     {
         info!(
             subsystem = "images",
@@ -286,7 +285,10 @@ struct Fetch {
 impl Fetch {
     fn run(self) {
         let started = Instant::now();
-        info!(subsystem = "images", "fetching {} as {}", self.source, self.name);
+        info!(
+            subsystem = "images",
+            "fetching {} as {}", self.source, self.name
+        );
         let result = self.fetch();
         let result = if self.cancel.load(Ordering::SeqCst) && result.is_err() {
             Err(Error::Cancelled)
@@ -298,12 +300,13 @@ impl Fetch {
                 let secs = started.elapsed().as_secs_f64();
                 info!(
                     subsystem = "images",
-                    "fetched {} ({size} bytes, sha256 {sha}) in {secs:.1} s",
-                    self.name
+                    "fetched {} ({size} bytes, sha256 {sha}) in {secs:.1} s", self.name
                 );
                 self.store.changed();
             }
-            Err(Error::Cancelled) => info!(subsystem = "images", "fetch of {} cancelled", self.source),
+            Err(Error::Cancelled) => {
+                info!(subsystem = "images", "fetch of {} cancelled", self.source)
+            }
             Err(e) => warn!(subsystem = "images", "fetch of {} failed: {e}", self.source),
         }
         self.tx.send_modify(|p| match result {

@@ -143,7 +143,8 @@ impl Store {
         }
         // No fetch runs yet, so everything in partial/ is left over from a crash.
         let partial = state.join(fetch::PARTIAL_DIR);
-        let entries = std::fs::read_dir(&partial).map_err(|e| io(&partial.display().to_string(), e))?;
+        let entries =
+            std::fs::read_dir(&partial).map_err(|e| io(&partial.display().to_string(), e))?;
         for entry in entries.flatten() {
             match std::fs::remove_file(entry.path()) {
                 Ok(()) => info!(
@@ -194,7 +195,10 @@ impl Store {
         let canonical = match lexical.canonicalize() {
             Ok(p) => p,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NotFound(format!("no image {name:?} in {}", self.dir().display())));
+                return Err(Error::NotFound(format!(
+                    "no image {name:?} in {}",
+                    self.dir().display()
+                )));
             }
             Err(e) => return Err(Error::io(name, &e)),
         };
@@ -203,11 +207,15 @@ impl Store {
             .map_err(|_| outside(name))?;
         let normalized = check_components(inside, name)?;
         if normalized.is_empty() {
-            return Err(Error::InvalidArgs(format!("{name:?} is the image folder itself")));
+            return Err(Error::InvalidArgs(format!(
+                "{name:?} is the image folder itself"
+            )));
         }
         let meta = std::fs::metadata(&canonical).map_err(|e| Error::io(name, &e))?;
         if !meta.is_file() {
-            return Err(Error::InvalidArgs(format!("{name:?} is not a regular file")));
+            return Err(Error::InvalidArgs(format!(
+                "{name:?} is not a regular file"
+            )));
         }
         Ok((canonical, normalized))
     }
@@ -255,9 +263,7 @@ impl Store {
                     stack.push((entry.path(), format!("{name}/")));
                 } else if meta.is_file() {
                     use std::os::unix::fs::MetadataExt;
-                    let record = records
-                        .iter()
-                        .find(|r| r.name == name && r.matches(&meta));
+                    let record = records.iter().find(|r| r.name == name && r.matches(&meta));
                     images.push(ImageInfo {
                         name,
                         size: meta.len(),
@@ -278,7 +284,12 @@ impl Store {
     pub fn remove(&self, name: &str) -> Result<(), Error> {
         let relative = self.relative_name(name)?;
         self.resolve(name)?;
-        if self.inner.active.lock().is_ok_and(|a| a.contains(&relative)) {
+        if self
+            .inner
+            .active
+            .lock()
+            .is_ok_and(|a| a.contains(&relative))
+        {
             return Err(Error::Busy(format!("{relative} is being fetched")));
         }
         let path = self.inner.dir.join(&relative);
@@ -318,9 +329,9 @@ fn check_components(path: &Path, name: &str) -> Result<String, Error> {
     for c in path.components() {
         match c {
             Component::Normal(part) => {
-                let part = part.to_str().ok_or_else(|| {
-                    Error::InvalidArgs(format!("{name:?} is not valid UTF-8"))
-                })?;
+                let part = part
+                    .to_str()
+                    .ok_or_else(|| Error::InvalidArgs(format!("{name:?} is not valid UTF-8")))?;
                 if part.starts_with('.') {
                     return Err(Error::InvalidArgs(format!(
                         "{name:?}: names starting with '.' are reserved for the store"

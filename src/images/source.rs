@@ -60,10 +60,9 @@ impl Source {
                 "{} is not a regular file",
                 path.display()
             ))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NotFound(format!(
-                "no such file: {}",
-                path.display()
-            ))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(Error::NotFound(format!("no such file: {}", path.display())))
+            }
             Err(e) => Err(Error::io(&path.display().to_string(), &e)),
         }
     }
@@ -83,7 +82,10 @@ impl Source {
     }
 
     /// Opens the source for reading; returns the reader and the size when known.
-    pub fn open(&self, ca_file: Option<&Path>) -> Result<(Box<dyn Read + Send>, Option<u64>), Error> {
+    pub fn open(
+        &self,
+        ca_file: Option<&Path>,
+    ) -> Result<(Box<dyn Read + Send>, Option<u64>), Error> {
         match self {
             Source::File(path) => {
                 let file = std::fs::File::open(path)

@@ -173,7 +173,13 @@ async fn fetch(c: &Client, source: &str, sha256: Option<&str>) -> Result<String,
         }
         if cancelled && string(&props, "State") == "running" {
             c.connection
-                .call_method(Some(c.dest.as_str()), job.as_str(), Some(JOB), "Cancel", &())
+                .call_method(
+                    Some(c.dest.as_str()),
+                    job.as_str(),
+                    Some(JOB),
+                    "Cancel",
+                    &(),
+                )
                 .await
                 .map_err(|e| c.fail(e))?;
         }
@@ -183,7 +189,11 @@ async fn fetch(c: &Client, source: &str, sha256: Option<&str>) -> Result<String,
     }
     match string(&props, "State").as_str() {
         "done" => {
-            let cached = if flag(&props, "Cached") { " (cached)" } else { "" };
+            let cached = if flag(&props, "Cached") {
+                " (cached)"
+            } else {
+                ""
+            };
             Ok(format!("{}: {}{cached}", c.board, string(&props, "Image")))
         }
         _ => Err(Failure {

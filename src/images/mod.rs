@@ -116,6 +116,8 @@ pub struct Store {
 struct Inner {
     /// Canonical path of the folder.
     dir: PathBuf,
+    /// The folder as configured (absolute names may use either spelling).
+    configured: PathBuf,
     state: PathBuf,
     ca_file: Option<PathBuf>,
     /// Image names being fetched right now: a second fetch to the same name is `Busy`.
@@ -162,6 +164,7 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 dir,
+                configured: config.dir.clone(),
                 state,
                 ca_file: config.ca_file.clone(),
                 active: Mutex::new(HashSet::new()),
@@ -228,6 +231,7 @@ impl Store {
         let path = Path::new(name);
         let relative = if path.is_absolute() {
             path.strip_prefix(&self.inner.dir)
+                .or_else(|_| path.strip_prefix(&self.inner.configured))
                 .map_err(|_| outside(name))?
         } else {
             path

@@ -386,8 +386,10 @@ impl Fetch {
             // The reader's own failure (a cut connection) explains a truncated stream
             // better than the decoder does; take it if the reader has finished. A reader
             // still blocked on a stalled server is left to notice `stop` by itself.
+            // (Its `Cancelled` only says that it saw the pipeline stop.)
             if reader.is_finished()
                 && let Ok(Err(e)) = reader.join()
+                && !matches!(e, Error::Cancelled)
             {
                 return Err(e);
             }

@@ -214,3 +214,18 @@ fn open_removes_partial_files_of_a_crash() {
     .unwrap();
     assert!(!partial.exists());
 }
+
+#[test]
+fn a_full_disk_is_no_space() {
+    // /dev/full fails every write with ENOSPC, as a full filesystem does.
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let mut w = sparse::SparseWriter::new(full);
+    let e = w.write(&[1u8; 8192]).unwrap_err();
+    let err = Error::io("rootfs.img", &e);
+    assert!(matches!(err, Error::NoSpace(_)), "{err:?}");
+    assert!(err.to_string().contains("no space left"), "{err}");
+    assert_eq!(err.kind(), "no-space");
+}

@@ -10,6 +10,8 @@ use tracing::{info, warn};
 use crate::bus;
 use crate::config::{Config, OnStop};
 use crate::console::Console;
+use crate::images::Store;
+use crate::nbd::{Nbd, NbdOptions};
 use crate::pdu_api;
 use crate::power::{Power, PowerState, PowerStatus};
 
@@ -21,6 +23,8 @@ pub struct Board {
     pub config: Config,
     pub power: Option<Power>,
     pub console: Option<Console>,
+    pub images: Option<Store>,
+    pub nbd: Option<Nbd>,
 }
 
 impl Board {
@@ -36,6 +40,24 @@ impl Board {
             Some(c) => Some(Console::start(c).await.map_err(|e| e.to_string())?),
             None => None,
         };
+        let images = match &config.images {
+            Some(c) => Some(Store::open(c).map_err(|e| format!("[images]: {e}"))?),
+            None => None,
+        };
+        let nbd = match (&config.nbd, &images) {
+            (Some(c), Some(store)) => Some(
+                Nbd::start(NbdOptions {
+                    listen: c.listen,
+                    uri_host: c.uri_host.clone(),
+                    overlay_dir: c
+                        .overlay_dir
+                        .clone()
+                        .unwrap_or_else(|| store.dir().join(".rtmd/overlays").join(&config.name)),
+                })
+                .map_err(|e| format!("[nbd]: {e}"))?,
+            ),
+            _ => None,
+        };
         if let (Some(api), Some(power)) = (&config.pdudaemon_api, &power) {
             pdu_api::start(api, power.clone()).await?;
         }
@@ -43,6 +65,8 @@ impl Board {
             config,
             power,
             console,
+            images,
+            nbd,
         })
     }
 
@@ -55,6 +79,8 @@ impl Board {
         [
             ("power", self.power.is_some()),
             ("console", self.console.is_some()),
+            ("images", self.images.is_some()),
+            ("nbd", self.nbd.is_some()),
         ]
         .into_iter()
         .filter(|(_, present)| *present)
@@ -86,6 +112,16 @@ impl Board {
 
     /// Stops fail-safe: with `on_stop = "off"` the board is switched off first.
     pub async fn stop(&self) {
+        // A fetch cut short leaves only a partial file, which the next start removes; cancel
+        // now so it is removed at once.
+        if let Some(images) = &self.images {
+            images.cancel_all();
+        }
+        // Clients are cut and the overlay flushed: what FLUSH acknowledged is on disk anyway,
+        // this also saves what the board wrote since.
+        if let Some(nbd) = &self.nbd {
+            nbd.stop().await;
+        }
         let (Some(power), Some(config)) = (&self.power, &self.config.power) else {
             return;
         };

@@ -51,6 +51,7 @@ pub struct Config {
     pub power: Option<PowerConfig>,
     pub console: Option<ConsoleConfig>,
     pub pdudaemon_api: Option<PduApiConfig>,
+    pub images: Option<ImagesConfig>,
     pub nbd: Option<NbdConfig>,
     /// Sections of the config contract that a later subsystem will own; kept so that a
     /// complete lab config validates today. The daemon warns that they are not served yet.
@@ -182,6 +183,16 @@ pub struct ConsoleConfig {
     pub client_buffer: usize,
 }
 
+/// The `[images]` section: the one image folder (`docs/images.md`).
+#[derive(Debug, Clone)]
+pub struct ImagesConfig {
+    /// Fetched images land here; NBD exports and USB storage take images from here only.
+    /// A relative path is taken from the config file's folder.
+    pub dir: PathBuf,
+    /// Extra CA certificates (PEM) trusted for `https://` sources, besides the system store.
+    pub ca_file: Option<PathBuf>,
+}
+
 /// `[nbd]`: the NBD server that exports images from the image folder.
 #[derive(Debug, Clone)]
 pub struct NbdConfig {
@@ -261,7 +272,7 @@ struct RawConfig {
     name: Spanned<String>,
     power: Option<RawPower>,
     console: Option<RawConsole>,
-    images: Option<RawImages>,
+    images: Option<Spanned<RawImages>>,
     nbd: Option<Spanned<RawNbd>>,
     storage: Option<RawStorage>,
     capture: Option<RawCapture>,
@@ -339,9 +350,9 @@ struct RawPduApi {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
 struct RawImages {
     dir: S<String>,
+    ca_file: S<String>,
 }
 
 #[derive(Deserialize)]
@@ -500,6 +511,10 @@ fn validate(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         }
         None => None,
     };
+    let images = match &raw.images {
+        Some(section) => Some(validate_images(cx, section)?),
+        None => None,
+    };
     let nbd = match &raw.nbd {
         Some(section) => {
             if raw.images.is_none() {
@@ -533,7 +548,6 @@ fn validate(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         None => None,
     };
     let pending_sections = [
-        ("images", raw.images.is_some()),
         ("storage", raw.storage.is_some()),
         ("capture", raw.capture.is_some()),
         ("access", raw.access.is_some()),
@@ -547,6 +561,7 @@ fn validate(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         power,
         console,
         pdudaemon_api,
+        images,
         nbd,
         pending_sections,
         warnings,
@@ -590,6 +605,31 @@ fn socket_addr(cx: &Cx<'_>, v: &S<String>, key: &str) -> Result<Option<SocketAdd
             ),
         )
     })
+}
+
+fn validate_images(cx: &Cx<'_>, section: &Spanned<RawImages>) -> Result<ImagesConfig, ConfigError> {
+    let raw = section.get_ref();
+    let base = cx.path.parent().unwrap_or(Path::new("."));
+    let path = |v: &Spanned<String>, key: &str| {
+        if v.get_ref().is_empty() {
+            return Err(cx.at(v, format!("{key} must not be empty")));
+        }
+        Ok(base.join(v.get_ref()))
+    };
+    let dir = match &raw.dir {
+        Some(v) => path(v, "dir")?,
+        None => {
+            return Err(cx.at(
+                section,
+                "[images] needs `dir`: the folder that holds the board's images",
+            ));
+        }
+    };
+    let ca_file = match &raw.ca_file {
+        Some(v) => Some(path(v, "ca_file")?),
+        None => None,
+    };
+    Ok(ImagesConfig { dir, ca_file })
 }
 
 fn validate_console(cx: &Cx<'_>, c: &RawConsole) -> Result<ConsoleConfig, ConfigError> {

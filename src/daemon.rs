@@ -41,6 +41,8 @@ pub async fn run(config: Config, bus_choice: &BusChoice) -> ExitCode {
         board.dut(),
         board.power.clone(),
         board.console.clone(),
+        board.images.clone(),
+        board.nbd.clone(),
     )
     .await
     {

@@ -7,6 +7,8 @@
 
 mod console;
 mod dut;
+mod images;
+mod nbd;
 mod power;
 
 use std::time::Duration;
@@ -15,6 +17,7 @@ use zbus::connection::Builder;
 use zbus::{Connection, DBusError};
 
 use crate::console::Console;
+use crate::images::Store;
 use crate::power::{Power, PowerError};
 
 pub use dut::Dut;
@@ -116,6 +119,8 @@ pub async fn serve(
     dut: Dut,
     power: Option<Power>,
     console: Option<Console>,
+    images: Option<Store>,
+    nbd: Option<crate::nbd::Nbd>,
 ) -> Result<Connection, ConnectError> {
     let board = dut.name().to_string();
     let name = bus_name(&board);
@@ -130,6 +135,12 @@ pub async fn serve(
     }
     if let Some(c) = &console {
         builder = builder.serve_at(PATH, console::ConsoleIface::new(c.clone()));
+    }
+    if let Some(s) = &images {
+        builder = builder.serve_at(PATH, images::ImagesIface::new(s.clone(), nbd.clone()));
+        if let Some(n) = &nbd {
+            builder = builder.serve_at(PATH, nbd::NbdIface::new(n.clone(), s.clone()));
+        }
     }
     builder = builder
         .name(name.clone())
@@ -154,6 +165,16 @@ pub async fn serve(
     }
     if let Some(c) = console {
         console::spawn_change_signals(&connection, c)
+            .await
+            .map_err(fail)?;
+    }
+    if let Some(s) = images {
+        images::spawn_change_signals(&connection, s)
+            .await
+            .map_err(fail)?;
+    }
+    if let Some(n) = nbd {
+        nbd::spawn_change_signals(&connection, n)
             .await
             .map_err(fail)?;
     }

@@ -200,3 +200,34 @@ fn nbd_defaults_and_mistakes() {
     let e = err("name = \"b\"\n[images]\ndir = \"/i\"\n[nbd]\nport = 1\n");
     assert_eq!((e.line, e.column), (5, 1));
 }
+
+#[test]
+fn images_section_is_served_and_relative_dirs_follow_the_config_file() {
+    let c =
+        parse_str("name = \"b\"\n[images]\ndir = \"images\"\nca_file = \"/etc/rtmd/lab-ca.pem\"\n")
+            .unwrap();
+    let i = c.images.unwrap();
+    assert_eq!(i.dir, Path::new("/etc/rtmd/images"));
+    assert_eq!(
+        i.ca_file.as_deref(),
+        Some(Path::new("/etc/rtmd/lab-ca.pem"))
+    );
+    assert!(!c.pending_sections.contains(&"images"));
+    let c = parse_str("name = \"b\"\n[images]\ndir = \"/var/lib/rtmd/images\"\n[nbd]\nlisten = \"127.0.0.1:10809\"\n")
+        .unwrap();
+    assert_eq!(c.images.unwrap().dir, Path::new("/var/lib/rtmd/images"));
+    assert!(c.pending_sections.is_empty());
+}
+
+#[test]
+fn images_mistakes_are_located() {
+    let e = err("name = \"b\"\n[images]\ndir = \"/x\"\n  colour = 1\n");
+    assert_eq!((e.line, e.column), (4, 3));
+    assert!(e.message.contains("unknown field `colour`"), "{e}");
+    let e = err("name = \"b\"\n[images]\nca_file = \"/x\"\n");
+    assert!(e.message.contains("needs `dir`"), "{e}");
+    let e = err("name = \"b\"\n[images]\ndir = \"\"\n");
+    assert_eq!((e.line, e.column), (3, 7));
+    let e = err("name = \"b\"\n[images]\ndir = 3\n");
+    assert_eq!(e.line, 3);
+}

@@ -88,12 +88,7 @@ impl NbdError {
 
 impl Export {
     /// Opens `path` for export. For `cow`, `overlay` is where the overlay lives.
-    pub fn open(
-        name: &str,
-        path: &Path,
-        mode: Mode,
-        overlay: Option<&Path>,
-    ) -> io::Result<Export> {
+    pub fn open(name: &str, path: &Path, mode: Mode, overlay: Option<&Path>) -> io::Result<Export> {
         let base = File::open(path)?;
         let meta = base.metadata()?;
         if !meta.is_file() {
@@ -197,7 +192,9 @@ impl Export {
 
     pub fn flush(&self) -> Result<(), NbdError> {
         match &self.overlay {
-            Some(o) => o.flush().map_err(|e| NbdError::io("flushing the overlay", &e)),
+            Some(o) => o
+                .flush()
+                .map_err(|e| NbdError::io("flushing the overlay", &e)),
             None => Ok(()),
         }
     }

@@ -77,7 +77,11 @@ pub fn server(data: &[u8]) -> usize {
     })
 }
 
-async fn requests(stream: &mut tokio::io::DuplexStream, export: &Export, allocation: bool) -> usize {
+async fn requests(
+    stream: &mut tokio::io::DuplexStream,
+    export: &Export,
+    allocation: bool,
+) -> usize {
     let mut valid = 0;
     let mut header = [0u8; REQUEST_LEN];
     while stream.read_exact(&mut header).await.is_ok() {

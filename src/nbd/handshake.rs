@@ -67,7 +67,13 @@ where
         let option = stream.read_u32().await?;
         let len = stream.read_u32().await?;
         if len > proto::MAX_OPTION {
-            reply_error(stream, option, proto::REP_ERR_TOO_BIG, "option data too large").await?;
+            reply_error(
+                stream,
+                option,
+                proto::REP_ERR_TOO_BIG,
+                "option data too large",
+            )
+            .await?;
             return Err(HandshakeError::TooBig { option, len });
         }
         let mut data = vec![0u8; len as usize];
@@ -80,11 +86,8 @@ where
                 let Some(export) = exports.find(&name) else {
                     return Err(HandshakeError::UnknownExport(name));
                 };
-                let reply = proto::export_name_reply(
-                    export.size,
-                    export.flags(structured),
-                    no_zeroes,
-                );
+                let reply =
+                    proto::export_name_reply(export.size, export.flags(structured), no_zeroes);
                 stream.write_all(&reply).await?;
                 stream.flush().await?;
                 let allocation = allocation_for.as_deref() == Some(export.name.as_str())
@@ -217,7 +220,10 @@ where
                 let selected = if list && request.queries.is_empty() {
                     true
                 } else {
-                    request.queries.iter().any(|q| proto::query_matches(q, list))
+                    request
+                        .queries
+                        .iter()
+                        .any(|q| proto::query_matches(q, list))
                 };
                 if !list {
                     allocation_for = selected.then(|| request.name.clone());
@@ -227,10 +233,7 @@ where
                     out.extend(proto::option_reply_with(
                         option,
                         proto::REP_META_CONTEXT,
-                        &proto::rep_meta_context(
-                            proto::BASE_ALLOCATION_ID,
-                            proto::BASE_ALLOCATION,
-                        ),
+                        &proto::rep_meta_context(proto::BASE_ALLOCATION_ID, proto::BASE_ALLOCATION),
                     ));
                 }
                 out.extend_from_slice(&proto::option_reply(option, proto::REP_ACK, 0));

@@ -213,7 +213,11 @@ impl Nbd {
         drop(slot);
         self.inner.publish();
         let uri = uri(&self.inner.options, self.inner.addr, name);
-        info!(subsystem = "nbd", "exporting {name} ({}) as {uri}", mode.as_str());
+        info!(
+            subsystem = "nbd",
+            "exporting {name} ({}) as {uri}",
+            mode.as_str()
+        );
         Ok(uri)
     }
 
@@ -223,7 +227,10 @@ impl Nbd {
         slot.withdraw().await;
         self.inner.publish();
         let flushed = flush_in_background(&slot).await;
-        info!(subsystem = "nbd", "{} is no longer exported", slot.export.name);
+        info!(
+            subsystem = "nbd",
+            "{} is no longer exported", slot.export.name
+        );
         flushed
     }
 

@@ -4,8 +4,8 @@
 
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use nix::sys::socket::{setsockopt, sockopt};
@@ -63,7 +63,10 @@ impl Slot {
             .await
             .is_err()
         {
-            warn!(subsystem = "nbd", "connections of {} are slow to close", self.export.name);
+            warn!(
+                subsystem = "nbd",
+                "connections of {} are slow to close", self.export.name
+            );
         }
     }
 }
@@ -86,12 +89,7 @@ impl<H: Host> Exports for Lookup<'_, H> {
     fn list(&self) -> Vec<(String, String)> {
         self.0
             .current()
-            .map(|s| {
-                vec![(
-                    s.export.name.clone(),
-                    handshake::description(&s.export),
-                )]
-            })
+            .map(|s| vec![(s.export.name.clone(), handshake::description(&s.export))])
             .unwrap_or_default()
     }
 }
@@ -131,7 +129,10 @@ async fn connection<H: Host>(host: Arc<H>, mut stream: TcpStream, peer: SocketAd
             return;
         }
         Err(_) => {
-            info!(subsystem = "nbd", "{peer}: no complete handshake within {HANDSHAKE_TIMEOUT:?}");
+            info!(
+                subsystem = "nbd",
+                "{peer}: no complete handshake within {HANDSHAKE_TIMEOUT:?}"
+            );
             return;
         }
     };

@@ -19,13 +19,20 @@ fn uris_escape_names_and_bracket_ipv6() {
         uri_host: Some("dispatcher-7".to_string()),
         ..o
     };
-    assert_eq!(uri(&named, named.listen, "a.img"), "nbd://dispatcher-7:10809/a.img");
+    assert_eq!(
+        uri(&named, named.listen, "a.img"),
+        "nbd://dispatcher-7:10809/a.img"
+    );
 }
 
 /// The server on its own, without D-Bus: `nbdinfo` sees the export as exported.
 #[test]
 fn nbdinfo_sees_an_export() {
-    if std::process::Command::new("nbdinfo").arg("--version").output().is_err() {
+    if std::process::Command::new("nbdinfo")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         eprintln!("nbdinfo missing (scripts/test installs it)");
         return;
     }
@@ -44,7 +51,11 @@ fn nbdinfo_sees_an_export() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("export-size: 1048576"), "{text}");
     assert!(text.contains("is_read_only: true"), "{text}");
     assert!(text.contains("can_multi_conn: true"), "{text}");
@@ -104,7 +115,11 @@ fn the_fuzz_entry_point_survives_mutated_sessions() {
     assert_eq!(fuzz::server(&seed), 7, "cow: all seven requests are valid");
     let mut ro = seed.clone();
     ro[0] = 0;
-    assert_eq!(fuzz::server(&ro), 4, "ro: writes, trims and zeroes are refused");
+    assert_eq!(
+        fuzz::server(&ro),
+        4,
+        "ro: writes, trims and zeroes are refused"
+    );
     let mut state = 0x9e37_79b9_7f4a_7c15_u64;
     let mut next = move || {
         state ^= state << 13;

@@ -36,7 +36,10 @@ enum Reply {
     /// Bytes ready to go: a header, an error, a block status.
     Bytes(Vec<u8>),
     /// A READ: its header, then file ranges.
-    Data { header: Vec<u8>, segments: Vec<Segment> },
+    Data {
+        header: Vec<u8>,
+        segments: Vec<Segment>,
+    },
 }
 
 /// Why a connection ended.
@@ -161,8 +164,8 @@ impl Connection {
             Command::Trim | Command::WriteZeroes => {
                 // TRIM may leave anything behind; zeros (a hole in the overlay) are the
                 // cheapest answer that is also the most predictable.
-                let allocate = r.command == Command::WriteZeroes
-                    && r.flags & proto::CMD_FLAG_NO_HOLE != 0;
+                let allocate =
+                    r.command == Command::WriteZeroes && r.flags & proto::CMD_FLAG_NO_HOLE != 0;
                 let result = export.zero(r.offset, u64::from(r.length), allocate);
                 self.finish(&r, result).await?;
             }
@@ -220,7 +223,12 @@ impl Connection {
     }
 
     async fn error(&self, r: &Request, e: NbdError) -> Result<(), Ended> {
-        debug!(subsystem = "nbd", "{} refused: {}", r.command.name(), e.message);
+        debug!(
+            subsystem = "nbd",
+            "{} refused: {}",
+            r.command.name(),
+            e.message
+        );
         self.send(reply_for(r, self.structured, Err(e))).await
     }
 
@@ -277,7 +285,10 @@ pub fn validate(export: &Export, allocation: bool, r: &Request) -> Result<(), Nb
         return Err(NbdError::new(proto::EINVAL, "DF is only for READ"));
     }
     if r.flags & proto::CMD_FLAG_REQ_ONE != 0 && r.command != Command::BlockStatus {
-        return Err(NbdError::new(proto::EINVAL, "REQ_ONE is only for BLOCK_STATUS"));
+        return Err(NbdError::new(
+            proto::EINVAL,
+            "REQ_ONE is only for BLOCK_STATUS",
+        ));
     }
     if r.flags & proto::CMD_FLAG_NO_HOLE != 0 && r.command != Command::WriteZeroes {
         return Err(NbdError::new(

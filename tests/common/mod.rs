@@ -6,7 +6,7 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -31,11 +31,33 @@ pub struct Proc {
     pub child: Child,
     pub lines: Arc<Mutex<Vec<String>>>,
     pub name: String,
+    /// Its input, when started with [`Proc::spawn_stdin`].
+    pub stdin: Option<std::process::ChildStdin>,
 }
 
 impl Proc {
     pub fn spawn(name: &str, mut cmd: Command, capture_stderr: bool) -> Proc {
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+        cmd.stdin(Stdio::null());
+        Self::start(name, cmd, capture_stderr)
+    }
+
+    /// Like [`Proc::spawn`] (stderr captured), with a pipe to its stdin for [`Proc::send`].
+    pub fn spawn_stdin(name: &str, mut cmd: Command) -> Proc {
+        cmd.stdin(Stdio::piped());
+        let mut p = Self::start(name, cmd, true);
+        p.stdin = p.child.stdin.take();
+        p
+    }
+
+    /// Writes `text` to its stdin.
+    pub fn send(&mut self, text: &str) {
+        let stdin = self.stdin.as_mut().expect("started with spawn_stdin");
+        stdin.write_all(text.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    fn start(name: &str, mut cmd: Command, capture_stderr: bool) -> Proc {
+        cmd.stdout(Stdio::piped());
         cmd.stderr(if capture_stderr {
             Stdio::piped()
         } else {
@@ -54,6 +76,7 @@ impl Proc {
             child,
             lines,
             name: name.to_string(),
+            stdin: None,
         }
     }
 

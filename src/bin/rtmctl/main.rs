@@ -5,6 +5,8 @@
 //! board is held by someone else; on failure one line on stderr says why.
 
 mod console;
+mod image;
+mod nbd;
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -61,6 +63,16 @@ enum Command {
         /// With --log: keep printing what is appended.
         #[arg(long, requires = "log")]
         follow: bool,
+    },
+    /// The board's image folder: fetch, list, rm.
+    Image {
+        #[command(subcommand)]
+        action: image::ImageAction,
+    },
+    /// The board's NBD export: export, unexport, reset, status.
+    Nbd {
+        #[command(subcommand)]
+        action: nbd::NbdAction,
     },
 }
 
@@ -187,6 +199,8 @@ async fn run(args: &Args) -> Result<Outcome, Failure> {
     };
     match &args.command {
         Command::Power { action } => power(&client, action).await.map(Outcome::Line),
+        Command::Image { action } => image::run(&client, action).await.map(Outcome::Line),
+        Command::Nbd { action } => nbd::run(&client, action).await.map(Outcome::Line),
         Command::Console { log: false, .. } => {
             let reply = client.call(CONSOLE, "Attach", &()).await?;
             let fd: zbus::OwnedFd = reply.body().deserialize().map_err(|e| client.fail(e))?;

@@ -608,10 +608,22 @@ fn names_outside_the_folder_are_refused() {
         text(&out.stdout)
     );
 
+    let monitor = {
+        let mut cmd = Command::new("busctl");
+        cmd.arg(format!("--address={}", bus.address)).args([
+            "monitor",
+            "--match",
+            "path=/org/rtmd/Dut1,member=PropertiesChanged",
+        ]);
+        Proc::spawn("busctl monitor", cmd, true)
+    };
+    monitor.wait_line("Monitoring");
     assert_eq!(
         ok_line(&d.rtmctl(&["image", "rm", "ok.img"])),
         format!("{BOARD}: removed ok.img")
     );
     assert!(!images.join("ok.img").exists());
+    // The set of images changed: `Images` is signalled.
+    monitor.wait_line("org.rtmd.Dut1.Images");
     assert!(d.proc.is_running());
 }

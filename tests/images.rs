@@ -205,6 +205,24 @@ fn fetches_every_compression_and_writes_holes() {
             .count();
         assert_eq!(partial, 0, "{what}: a partial file was left");
     }
+    // A relative local path is the caller's, resolved by rtmctl before it is sent.
+    std::fs::remove_file(images.join("disk.img")).unwrap();
+    let out = Command::new(bin("rtmctl"))
+        .args([
+            "--bus-address",
+            &d.bus,
+            "--dut",
+            BOARD,
+            "image",
+            "fetch",
+            "disk.img.gz",
+        ])
+        .current_dir(src.path())
+        .output()
+        .unwrap();
+    assert_eq!(ok_line(&out), format!("{BOARD}: disk.img"));
+    assert!(std::fs::read(images.join("disk.img")).unwrap() == data);
+
     // The listing shows the source checksum of fetched images.
     let list = text(&d.rtmctl(&["image", "list"]).stdout);
     assert!(list.starts_with("NAME"), "{list}");
@@ -232,7 +250,7 @@ fn job_properties_finished_signal_and_the_cache() {
         ]);
         Proc::spawn("busctl monitor", cmd, true)
     };
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    monitor.wait_line("Monitoring");
     let out = busctl_images(&d, &["Fetch", "ss", &xz.display().to_string(), &sha]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let reply = text(&out.stdout);
@@ -423,6 +441,28 @@ fn https_with_a_lab_ca() {
     let line = ok_line(&fetch(&d, &url, Some(&sha256(&bz))));
     assert_eq!(line, format!("{BOARD}: secure.img"));
     assert!(std::fs::read(images.join("secure.img")).unwrap() == data);
+    drop(d);
+
+    // Or the lab CA as the whole trust store, through SSL_CERT_FILE (as curl takes it).
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("board.toml");
+    std::fs::write(
+        &config,
+        format!("name = \"{BOARD}\"\n[images]\ndir = \"images\"\n"),
+    )
+    .unwrap();
+    let ca = pki.path().join("ca.pem");
+    let proc = Daemon::spawn_env(&bus.address, &config, &[("SSL_CERT_FILE", &ca)]);
+    proc.wait_line("ready on");
+    let d = Daemon {
+        proc,
+        dir,
+        board: BOARD.to_string(),
+        bus: bus.address.clone(),
+    };
+    let line = ok_line(&fetch(&d, &url, None));
+    assert_eq!(line, format!("{BOARD}: secure.img"));
+    assert!(std::fs::read(d.dir.path().join("images/secure.img")).unwrap() == data);
 }
 
 #[test]
@@ -568,10 +608,22 @@ fn names_outside_the_folder_are_refused() {
         text(&out.stdout)
     );
 
+    let monitor = {
+        let mut cmd = Command::new("busctl");
+        cmd.arg(format!("--address={}", bus.address)).args([
+            "monitor",
+            "--match",
+            "path=/org/rtmd/Dut1,member=PropertiesChanged",
+        ]);
+        Proc::spawn("busctl monitor", cmd, true)
+    };
+    monitor.wait_line("Monitoring");
     assert_eq!(
         ok_line(&d.rtmctl(&["image", "rm", "ok.img"])),
         format!("{BOARD}: removed ok.img")
     );
     assert!(!images.join("ok.img").exists());
+    // The set of images changed: `Images` is signalled.
+    monitor.wait_line("org.rtmd.Dut1.Images");
     assert!(d.proc.is_running());
 }

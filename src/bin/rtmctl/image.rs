@@ -107,6 +107,19 @@ fn cached_note(cached: bool) -> &'static str {
 /// Fetches `source`, following the job; returns the image's name and whether it was cached.
 async fn fetch(c: &Client, source: &str, sha256: Option<&str>) -> Result<(String, bool), Failure> {
     let source = absolute_source(source);
+    // Installed first: a Ctrl-C from now on cancels the job instead of leaving it running.
+    let (mut int, mut term) = match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(i), Ok(t)) => (i, t),
+        _ => {
+            return Err(Failure {
+                code: 1,
+                message: "cannot install signal handlers".to_string(),
+            });
+        }
+    };
     // Signals are matched on the daemon's unique name: every board serves the same paths.
     let owner: String = c
         .connection
@@ -161,18 +174,6 @@ async fn fetch(c: &Client, source: &str, sha256: Option<&str>) -> Result<(String
     };
     show(&props);
 
-    let (mut int, mut term) = match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(i), Ok(t)) => (i, t),
-        _ => {
-            return Err(Failure {
-                code: 1,
-                message: "cannot install signal handlers".to_string(),
-            });
-        }
-    };
     let mut cancelled = false;
     while string(&props, "State") == "running" {
         tokio::select! {

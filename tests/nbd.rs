@@ -27,11 +27,11 @@ fn rig(bus: &Bus, extra: &str) -> Rig {
     let images = dir.path().join("images");
     std::fs::create_dir_all(&images).unwrap();
     let port = free_port();
-    let d = Daemon::start_in(bus, &config(port, extra), dir);
+    let d = Daemon::start_in(bus, &config_text(port, extra), dir);
     Rig { d, images, port }
 }
 
-fn config(port: u16, extra: &str) -> String {
+fn config_text(port: u16, extra: &str) -> String {
     format!(
         "name = \"{BOARD}\"\n[images]\ndir = \"images\"\n[nbd]\nlisten = \"127.0.0.1:{port}\"\n{extra}"
     )
@@ -585,4 +585,146 @@ fn handshake(addr: (&str, u16)) -> TcpStream {
             return s;
         }
     }
+}
+
+/// The overlay's filesystem fills up: the client gets ENOSPC, what was acknowledged stays,
+/// and the export goes on serving. rtmd runs in a private mount namespace with its overlay
+/// folder on a 256 KiB tmpfs.
+#[test]
+fn a_full_overlay_disk_is_enospc_and_loses_nothing() {
+    require("unshare");
+    let bus = Bus::start();
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    let small = dir.path().join("small");
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::create_dir_all(&small).unwrap();
+    let data = noise(4 << 20, 4);
+    std::fs::write(images.join("rootfs.img"), &data).unwrap();
+    let port = free_port();
+    let config = dir.path().join("board.toml");
+    std::fs::write(
+        &config,
+        config_text(port, &format!("overlay_dir = \"{}\"\n", small.display())),
+    )
+    .unwrap();
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-m", "sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs -o size=256k tmpfs '{}' && exec '{}' --config '{}' --bus-address '{}' --log stderr",
+            small.display(),
+            bin("rtmd").display(),
+            config.display(),
+            bus.address
+        ))
+        .env("RUST_LOG", "info");
+    let proc = Proc::spawn("rtmd", cmd, true);
+    proc.wait_line("ready on");
+    let r = Rig {
+        d: Daemon {
+            proc,
+            dir,
+            board: BOARD.to_string(),
+            bus: bus.address.clone(),
+        },
+        images,
+        port,
+    };
+    let uri = export(&r, &["rootfs.img", "--cow"]);
+    ok(&run(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x11 0 64k",
+            "-c",
+            "flush",
+            &uri,
+        ],
+    ));
+    // 1 MiB does not fit in what is left of 256 KiB.
+    let out = run(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x22 1M 1M",
+            "-c",
+            "flush",
+            &uri,
+        ],
+    );
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(said.contains("No space left on device"), "{said}");
+    // The acknowledged write is there, the refused one is not (its clusters read as the
+    // image), and the export still takes writes where the overlay has room.
+    ok(&run(
+        "qemu-io",
+        &["-f", "raw", "-c", "write -P 0x33 0 4k", &uri],
+    ));
+    let back = read_all(&uri, r.d.dir.path());
+    assert!(back[..4096].iter().all(|&b| b == 0x33));
+    assert!(back[4096..65536].iter().all(|&b| b == 0x11));
+    let refused_region = &back[1 << 20..2 << 20];
+    let untouched = refused_region
+        .chunks(4096)
+        .zip(data[1 << 20..2 << 20].chunks(4096))
+        .filter(|(a, b)| a == b)
+        .count();
+    let landed = refused_region
+        .chunks(4096)
+        .filter(|c| c.iter().all(|&b| b == 0x22))
+        .count();
+    // A cluster is either the image's or the written one, never torn or garbage.
+    assert_eq!(untouched + landed, 256, "every cluster is old or new");
+    assert!(untouched > 0, "most of the refused write did not land");
+    assert_eq!(&back[2 << 20..], &data[2 << 20..]);
+}
+
+/// LAVA's flasher deploy: `image fetch {IMAGE} --nbd cow` with a relative path in the
+/// caller's folder, the way LAVA runs it in its download folder.
+#[test]
+fn image_fetch_then_export_in_one_command() {
+    require("xz");
+    let bus = Bus::start();
+    let r = rig(&bus, "");
+    let downloads = tempfile::tempdir().unwrap();
+    let data = noise(3 << 20, 8);
+    std::fs::write(downloads.path().join("nightly.img"), &data).unwrap();
+    ok(&run(
+        "xz",
+        &["-k", downloads.path().join("nightly.img").to_str().unwrap()],
+    ));
+    let out = Command::new(bin("rtmctl"))
+        .current_dir(downloads.path())
+        .args(["--bus-address", &r.d.bus, "--dut", BOARD])
+        .args(["image", "fetch", "nightly.img.xz", "--nbd", "cow"])
+        .output()
+        .unwrap();
+    let line = ok_line(&out);
+    assert!(
+        line.starts_with(&format!(
+            "{BOARD}: nightly.img (cow) at nbd://127.0.0.1:{}/nightly.img",
+            r.port
+        )) && line.ends_with("fresh overlay"),
+        "{line}"
+    );
+    let uri = format!("nbd://127.0.0.1:{}/nightly.img", r.port);
+    assert!(read_all(&uri, r.d.dir.path()) == data);
+    // A second job: the same image is a cache hit, and the overlay starts fresh again.
+    ok(&run(
+        "qemu-io",
+        &["-f", "raw", "-c", "write -P 0x99 0 4k", &uri],
+    ));
+    ok_line(&r.d.rtmctl(&["nbd", "unexport"]));
+    let out = Command::new(bin("rtmctl"))
+        .current_dir(downloads.path())
+        .args(["--bus-address", &r.d.bus, "--dut", BOARD])
+        .args(["image", "fetch", "nightly.img.xz", "--nbd", "cow"])
+        .output()
+        .unwrap();
+    ok_line(&out);
+    assert!(read_all(&uri, r.d.dir.path()) == data);
 }

@@ -26,7 +26,12 @@ B=target/release
 
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  pkill -f "nbd-server -C $work" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
 trap cleanup EXIT
 wait_for() { for _ in $(seq 200); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done; echo "timeout waiting for $2 in $1" >&2; cat "$1" >&2; exit 1; }
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "nothing listens on $1" >&2; exit 1; }
@@ -72,7 +77,10 @@ cat >"$work/nbd-server.conf" <<CONF
   exportname = $img
   readonly = true
 CONF
-nbd-server -d -C "$work/nbd-server.conf" 2>"$work/nbd-server.log" & pids+=($!)
+# nbd-server forks a process per client only as a daemon (-d serves one client and exits).
+nbd-server -C "$work/nbd-server.conf" -p "$work/nbd-server.pid" 2>"$work/nbd-server.log"
+for _ in $(seq 100); do [ -s "$work/nbd-server.pid" ] && break; sleep 0.05; done
+pids+=("$(cat "$work/nbd-server.pid")")
 p_qemu=$(free_port)
 qemu-nbd -r -f raw -x disk.img -t -e 16 -b 127.0.0.1 -p "$p_qemu" "$img" 2>"$work/qemu-nbd.log" & pids+=($!)
 for p in "$p_kit" "$p_nbds" "$p_qemu"; do wait_port "$p"; done
@@ -95,8 +103,7 @@ run_seq() { # name uri -> GB/s
   t0=$(date +%s.%N); nbdcopy "$2" null: ; t1=$(date +%s.%N)
   echo "$t0 $t1" | awk '{printf "%.3f\n", 1.073741824 / ($2 - $1)}'
 }
-seq_round() { # label servers...
-  local label=$1; shift
+seq_round() { # servers...
   local n=$#
   for round in $(seq "$ROUNDS"); do
     local names=("$@")
@@ -106,11 +113,11 @@ seq_round() { # label servers...
     done
   done
 }
-seq_round seq "${seq_servers[@]}"
+seq_round "${seq_servers[@]}"
 # cow with 1/16 of its clusters written: a 4 KiB write every 64 KiB, then the same reads.
 fio --name=dirty --ioengine=nbd --uri="${uri[rtmd-cow]}" --rw=write:60k --bs=4k --size=1G \
   --output=/dev/null >/dev/null
-seq_round seq rtmd-cow+dirty rtmd-ro
+seq_round rtmd-cow+dirty rtmd-ro
 
 echo
 echo "Sequential read, 1 GiB page-cached, nbdcopy URI null: ($ROUNDS rounds, median)"

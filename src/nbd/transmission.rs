@@ -1,12 +1,14 @@
 //! The transmission phase of one connection: requests in, replies out.
 //!
-//! Two tasks per connection. The reader parses requests (buffered: a pipelining client's
-//! headers arrive many per read), validates them, and does the work; it hands replies to the
-//! writer, which owns the socket's sending side. A READ is not copied through this process:
-//! its reply is a header and a list of file ranges that the writer sends with `sendfile`,
-//! straight from the page cache to the socket. Replies to FLUSH and FUA writes come from
-//! blocking tasks, so a slow `fdatasync` never holds up the reads queued behind it; the
-//! protocol lets replies come out of order, matched by cookie.
+//! One task reads requests (buffered: a pipelining client's headers arrive many per read),
+//! validates them, does the work and writes the replies itself, into a buffer that goes out
+//! in one `send` when no more requests are waiting in the read buffer; so a client at queue
+//! depth 1 costs one read and one send per request, and a client with many requests in
+//! flight gets many replies per send. A large READ is not copied through this process: its
+//! header goes out with `MSG_MORE` and its data with `sendfile`, straight from the page cache
+//! to the socket. FLUSH and FUA writes complete on blocking threads and write their replies
+//! when done, so a slow `fdatasync` never holds up the reads behind it; the protocol lets
+//! replies come out of order, matched by cookie.
 
 use std::io;
 use std::os::fd::AsFd;
@@ -16,18 +18,17 @@ use nix::sys::socket::{MsgFlags, send};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use super::export::{Export, NbdError, Segment};
 use super::handshake::Negotiated;
 use super::proto::{self, Command, REQUEST_LEN, Request};
 
-/// Replies queued to the writer before the reader stops reading requests: a client that
-/// does not read its replies is slowed down, not buffered without bound.
-const QUEUE: usize = 256;
 /// How far requests are read ahead.
 const READ_BUFFER: usize = 256 * 1024;
+/// Replies are sent once this much is buffered, even with more requests waiting.
+const SEND_BATCH: usize = 64 * 1024;
 /// The most extents one BLOCK_STATUS reply carries (the client asks again for the rest).
 const MAX_EXTENTS: usize = 4096;
 /// READs up to this size are copied into the reply buffer (one `pread`, and the reply goes
@@ -36,16 +37,42 @@ const MAX_EXTENTS: usize = 4096;
 /// (docs/BENCHMARKS.md).
 const COPY_MAX: u32 = 64 * 1024;
 
-/// One reply, in the order the writer sends it.
-enum Reply {
-    /// Bytes ready to go: a header, an error, a block status.
-    Bytes(Vec<u8>),
-    /// A READ: its header, then file ranges.
-    Data {
-        header: Vec<u8>,
-        segments: Vec<Segment>,
-    },
+/// The sending side: replies waiting to go out, and the socket.
+struct Writer {
+    wr: OwnedWriteHalf,
+    pending: Vec<u8>,
 }
+
+impl Writer {
+    async fn push(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.pending.extend_from_slice(bytes);
+        if self.pending.len() >= SEND_BATCH {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        if !self.pending.is_empty() {
+            send_all(self.wr.as_ref(), &self.pending, false).await?;
+            self.pending.clear();
+        }
+        Ok(())
+    }
+
+    /// A large READ: what is pending and the header, then the file ranges by `sendfile`.
+    async fn data(&mut self, header: &[u8], segments: &[Segment]) -> io::Result<()> {
+        self.pending.extend_from_slice(header);
+        send_all(self.wr.as_ref(), &self.pending, true).await?;
+        self.pending.clear();
+        for s in segments {
+            sendfile_all(self.wr.as_ref(), s).await?;
+        }
+        Ok(())
+    }
+}
+
+type SharedWriter = Arc<tokio::sync::Mutex<Writer>>;
 
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]
@@ -69,16 +96,25 @@ pub async fn serve(
     mut withdrawn: watch::Receiver<bool>,
 ) -> Ended {
     let (rd, wr) = stream.into_split();
-    let (tx, rx) = mpsc::channel(QUEUE);
-    let writer = tokio::spawn(write_replies(wr, rx));
     let mut rd = BufReader::with_capacity(READ_BUFFER, rd);
     let connection = Connection {
         export: negotiated.export,
         structured: negotiated.structured,
         allocation: negotiated.allocation,
-        tx,
+        writer: Arc::new(tokio::sync::Mutex::new(Writer {
+            wr,
+            pending: Vec::with_capacity(SEND_BATCH * 2),
+        })),
+        background: tokio::task::JoinSet::new(),
     };
+    let mut connection = connection;
     let ended = loop {
+        // Nothing more to read at once: what was answered goes out before waiting.
+        if rd.buffer().is_empty()
+            && let Err(e) = connection.writer.lock().await.flush().await
+        {
+            break Ended::Io(e);
+        }
         let mut header = [0u8; REQUEST_LEN];
         let read = tokio::select! {
             biased;
@@ -100,10 +136,14 @@ pub async fn serve(
             Err(e) => break e,
         }
     };
-    // Replies already queued still go out (a DISC waits for them, as the spec asks).
-    drop(connection);
-    match writer.await {
-        Ok(Err(e)) if matches!(ended, Ended::Disc) => Ended::Io(e),
+    // Replies of FLUSH and FUA writes still in progress go out before the close (a DISC
+    // waits for them, as the spec asks).
+    while connection.background.join_next().await.is_some() {}
+    let mut writer = connection.writer.lock().await;
+    let flushed = writer.flush().await;
+    let _ = writer.wr.shutdown().await;
+    match flushed {
+        Err(e) if matches!(ended, Ended::Disc) => Ended::Io(e),
         _ => ended,
     }
 }
@@ -112,12 +152,14 @@ struct Connection {
     export: Arc<Export>,
     structured: bool,
     allocation: bool,
-    tx: mpsc::Sender<Reply>,
+    writer: SharedWriter,
+    /// FLUSH and FUA writes completing on blocking threads.
+    background: tokio::task::JoinSet<()>,
 }
 
 impl Connection {
     /// Handles one request; false when the client asked to disconnect.
-    async fn handle<R>(&self, r: Request, rd: &mut R) -> Result<bool, Ended>
+    async fn handle<R>(&mut self, r: Request, rd: &mut R) -> Result<bool, Ended>
     where
         R: tokio::io::AsyncRead + Unpin,
     {
@@ -162,13 +204,13 @@ impl Connection {
                 if r.length <= COPY_MAX {
                     // Small: one buffer with the header, coalesced with other replies.
                     match copy_segments(header, &segments, r.length) {
-                        Ok(bytes) => self.send(Reply::Bytes(bytes)).await?,
+                        Ok(bytes) => self.send(&bytes).await?,
                         Err(e) => {
                             self.error(&r, NbdError::io("reading the image", &e)).await?
                         }
                     }
                 } else {
-                    self.send(Reply::Data { header, segments }).await?;
+                    self.writer.lock().await.data(&header, &segments).await?;
                 }
             }
             Command::Write => {
@@ -184,15 +226,7 @@ impl Connection {
                 let result = export.zero(r.offset, u64::from(r.length), allocate);
                 self.finish(&r, result).await?;
             }
-            Command::Flush => {
-                let export = export.clone();
-                let tx = self.tx.clone();
-                let structured = self.structured;
-                tokio::task::spawn_blocking(move || {
-                    let reply = reply_for(&r, structured, export.flush());
-                    let _ = tx.blocking_send(reply);
-                });
-            }
+            Command::Flush => self.flush_then_reply(&r),
             Command::Cache => {
                 export.cache(r.offset, u64::from(r.length));
                 self.ok(&r).await?;
@@ -205,7 +239,7 @@ impl Connection {
                 };
                 match export.block_status(r.offset, u64::from(r.length), max) {
                     Ok(extents) => {
-                        self.send(Reply::Bytes(proto::block_status_chunk(r.cookie, &extents)))
+                        self.send(&proto::block_status_chunk(r.cookie, &extents))
                             .await?
                     }
                     Err(e) => self.error(&r, e).await?,
@@ -219,22 +253,34 @@ impl Connection {
     }
 
     /// Answers a completed write: at once, or after a flush when the client asked for FUA.
-    async fn finish(&self, r: &Request, result: Result<(), NbdError>) -> Result<(), Ended> {
+    async fn finish(&mut self, r: &Request, result: Result<(), NbdError>) -> Result<(), Ended> {
         if result.is_ok() && r.flags & proto::CMD_FLAG_FUA != 0 {
-            let export = self.export.clone();
-            let tx = self.tx.clone();
-            let structured = self.structured;
-            let r = *r;
-            tokio::task::spawn_blocking(move || {
-                let _ = tx.blocking_send(reply_for(&r, structured, export.flush()));
-            });
+            self.flush_then_reply(r);
             return Ok(());
         }
-        self.send(reply_for(r, self.structured, result)).await
+        self.send(&reply_for(r, self.structured, result)).await
+    }
+
+    /// Flushes on a blocking thread and replies from there when done.
+    fn flush_then_reply(&mut self, r: &Request) {
+        let export = self.export.clone();
+        let writer = self.writer.clone();
+        let structured = self.structured;
+        let r = *r;
+        self.background.spawn(async move {
+            let result = tokio::task::spawn_blocking(move || export.flush())
+                .await
+                .unwrap_or_else(|e| Err(NbdError::new(proto::EIO, e.to_string())));
+            let mut w = writer.lock().await;
+            // A client gone meanwhile is noticed by the reader.
+            if w.push(&reply_for(&r, structured, result)).await.is_ok() {
+                let _ = w.flush().await;
+            }
+        });
     }
 
     async fn ok(&self, r: &Request) -> Result<(), Ended> {
-        self.send(reply_for(r, self.structured, Ok(()))).await
+        self.send(&reply_for(r, self.structured, Ok(()))).await
     }
 
     async fn error(&self, r: &Request, e: NbdError) -> Result<(), Ended> {
@@ -244,14 +290,12 @@ impl Connection {
             r.command.name(),
             e.message
         );
-        self.send(reply_for(r, self.structured, Err(e))).await
+        self.send(&reply_for(r, self.structured, Err(e))).await
     }
 
-    async fn send(&self, reply: Reply) -> Result<(), Ended> {
-        self.tx
-            .send(reply)
-            .await
-            .map_err(|_| Ended::Io(io::Error::other("the reply writer stopped")))
+    /// Queues a reply; it goes out with the next batch.
+    async fn send(&self, reply: &[u8]) -> Result<(), Ended> {
+        Ok(self.writer.lock().await.push(reply).await?)
     }
 }
 
@@ -338,13 +382,13 @@ pub fn validate(export: &Export, allocation: bool, r: &Request) -> Result<(), Nb
     Ok(())
 }
 
-fn reply_for(r: &Request, structured: bool, result: Result<(), NbdError>) -> Reply {
-    Reply::Bytes(match (result, structured) {
+fn reply_for(r: &Request, structured: bool, result: Result<(), NbdError>) -> Vec<u8> {
+    match (result, structured) {
         (Ok(()), true) => proto::done_chunk(r.cookie).to_vec(),
         (Ok(()), false) => proto::simple_reply(r.cookie, 0).to_vec(),
         (Err(e), true) => proto::error_chunk(r.cookie, e.errno, &e.message),
         (Err(e), false) => proto::simple_reply(r.cookie, e.errno).to_vec(),
-    })
+    }
 }
 
 /// A READ reply in one buffer: `header` then the data of `segments`.
@@ -383,37 +427,6 @@ async fn discard<R: tokio::io::AsyncRead + Unpin>(rd: &mut R, len: u64) -> Resul
         return Err(Ended::Disconnected);
     }
     Ok(())
-}
-
-/// The writer: sends queued replies, coalescing small ones into one `send`.
-async fn write_replies(wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Reply>) -> io::Result<()> {
-    let stream: &TcpStream = wr.as_ref();
-    let mut pending: Vec<u8> = Vec::with_capacity(64 * 1024);
-    while let Some(reply) = rx.recv().await {
-        let mut next = Some(reply);
-        while let Some(reply) = next.take() {
-            match reply {
-                Reply::Bytes(b) => pending.extend_from_slice(&b),
-                Reply::Data { header, segments } => {
-                    pending.extend_from_slice(&header);
-                    send_all(stream, &pending, true).await?;
-                    pending.clear();
-                    for s in &segments {
-                        sendfile_all(stream, s).await?;
-                    }
-                }
-            }
-            if pending.len() < 64 * 1024 {
-                next = rx.try_recv().ok();
-            }
-        }
-        if !pending.is_empty() {
-            send_all(stream, &pending, false).await?;
-            pending.clear();
-        }
-    }
-    let mut wr = wr;
-    wr.shutdown().await
 }
 
 /// Sends all of `buf`; `more` tells the kernel that data follows (the file data of a READ),

@@ -57,8 +57,10 @@ dir = "$work/images"
 listen = "127.0.0.1:$2"
 TOML
   $B/rtmd --config "$work/$1.toml" --bus-address "$bus" --log stderr 2>"$work/$1.log" & pids+=($!)
+  pid[rtmd-$1]=$!
   wait_for "$work/$1.log" "ready on"
 }
+declare -A pid
 p_ro=$(free_port); start_rtmd ro "$p_ro"
 p_cow=$(free_port); start_rtmd cow "$p_cow"
 $B/rtmctl --bus-address "$bus" --dut ro nbd export disk.img >/dev/null
@@ -66,6 +68,7 @@ $B/rtmctl --bus-address "$bus" --dut cow nbd export disk.img --cow >/dev/null
 
 p_kit=$(free_port)
 nbdkit -f -r -i 127.0.0.1 -p "$p_kit" -e disk.img file "$img" 2>"$work/nbdkit.log" & pids+=($!)
+pid[nbdkit]=$!
 p_nbds=$(free_port)
 cat >"$work/nbd-server.conf" <<CONF
 [generic]
@@ -81,8 +84,10 @@ CONF
 nbd-server -C "$work/nbd-server.conf" -p "$work/nbd-server.pid" 2>"$work/nbd-server.log"
 for _ in $(seq 100); do [ -s "$work/nbd-server.pid" ] && break; sleep 0.05; done
 pids+=("$(cat "$work/nbd-server.pid")")
+pid[nbd-server]=$(cat "$work/nbd-server.pid")
 p_qemu=$(free_port)
 qemu-nbd -r -f raw -x disk.img -t -e 16 -b 127.0.0.1 -p "$p_qemu" "$img" 2>"$work/qemu-nbd.log" & pids+=($!)
+pid[qemu-nbd]=$!
 for p in "$p_kit" "$p_nbds" "$p_qemu"; do wait_port "$p"; done
 
 declare -A uri=(
@@ -95,9 +100,14 @@ declare -A uri=(
 
 median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
+# CPU time a server process has used, with its reaped children (nbd-server forks per
+# client), in clock ticks.
+ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat"; }
+HZ=$(getconf CLK_TCK)
+
 # 1. Sequential reads.
 seq_servers=(rtmd-ro rtmd-cow nbdkit nbd-server qemu-nbd)
-declare -A seq
+declare -A seq cpu
 run_seq() { # name uri -> GB/s
   local t0 t1
   t0=$(date +%s.%N); nbdcopy "$2" null: ; t1=$(date +%s.%N)
@@ -109,7 +119,11 @@ seq_round() { # servers...
     local names=("$@")
     for i in $(seq 0 $((n - 1))); do
       local s=${names[$(( (i + round) % n ))]}
-      seq[$s]+="$(run_seq "$s" "${uri[${s%%+*}]}") "
+      local base=${s%%+*} before after
+      before=$(ticks "${pid[$base]}")
+      seq[$s]+="$(run_seq "$s" "${uri[$base]}") "
+      after=$(ticks "${pid[$base]}")
+      cpu[$s]+="$(echo "$before $after $HZ" | awk '{printf "%.3f", ($2 - $1) / $3}') "
     done
   done
 }
@@ -121,12 +135,14 @@ seq_round rtmd-cow+dirty rtmd-ro
 
 echo
 echo "Sequential read, 1 GiB page-cached, nbdcopy URI null: ($ROUNDS rounds, median)"
-printf "| %-28s | %8s | %s |\n" server "GB/s" "ratio rtmd-ro / server"
-printf "|%s|%s|%s|\n" "------------------------------" "----------" "------------------------"
+printf "| %-16s | %6s | %-22s | %16s | %s |\n" server "GB/s" "ratio rtmd-ro / server" "server CPU s/GiB" "CPU ratio server / rtmd-ro"
+printf "|%s|%s|%s|%s|%s|\n" "------------------" "--------" "------------------------" "------------------" "------------------------"
 m_ro=$(echo "${seq[rtmd-ro]}" | tr ' ' '\n' | grep . | median)
+c_ro=$(echo "${cpu[rtmd-ro]}" | tr ' ' '\n' | grep . | median)
 for s in rtmd-ro rtmd-cow rtmd-cow+dirty nbdkit nbd-server qemu-nbd; do
   m=$(echo "${seq[$s]}" | tr ' ' '\n' | grep . | median)
-  printf "| %-28s | %8.2f | %.2f |\n" "$s" "$m" "$(echo "$m_ro $m" | awk '{print $1/$2}')"
+  c=$(echo "${cpu[$s]}" | tr ' ' '\n' | grep . | median)
+  printf "| %-16s | %6.2f | %22.2f | %16.3f | %.2f |\n" "$s" "$m" "$(echo "$m_ro $m" | awk '{print $1/$2}')" "$c" "$(echo "$c $c_ro" | awk '{print ($2 > 0) ? $1/$2 : 0}')"
 done
 
 # 2. Random 4 KiB reads.

@@ -20,6 +20,15 @@ use crate::sim::{Events, pty::Pty, supply};
 
 const DEMO_CONFIG: &str = include_str!("../config/demo.toml");
 
+/// A 64 MiB sparse disk image with a recognizable first sector, for the demo's NBD export.
+fn demo_image(dir: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let mut f = std::fs::File::create(dir.join("demo.img"))?;
+    f.write_all(b"rtmd demo image: served over NBD by rtmd --demo\n")?;
+    f.set_len(64 << 20)
+}
+
 pub async fn run(bus: Option<BusChoice>) -> ExitCode {
     match prepare(bus).await {
         Ok(mut demo) => {
@@ -78,6 +87,7 @@ async fn prepare(bus: Option<BusChoice>) -> Result<Demo, String> {
         )
     });
 
+    demo_image(&dir.join("images")).map_err(|e| format!("cannot make the demo image: {e}"))?;
     let text = DEMO_CONFIG.replace("{demo_dir}", &dir.display().to_string());
     let config = config::parse(Path::new("config/demo.toml"), &text).map_err(|e| e.to_string())?;
 
@@ -102,6 +112,9 @@ async fn prepare(bus: Option<BusChoice>) -> Result<Demo, String> {
     println!("                     rtmctl power on; rtmctl console   (Ctrl-] q leaves)");
     println!(
         "                     rtmctl power profile low   (below the board's brown-out: it resets)"
+    );
+    println!(
+        "                     rtmctl nbd export demo.img --cow   (then e.g. nbdinfo the URI it prints)"
     );
     println!("  stop with Ctrl-C (the demo switches the board off as it stops)");
     Ok(Demo {

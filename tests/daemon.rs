@@ -255,6 +255,16 @@ fn demo_runs_on_a_private_bus_and_switches_off_on_stop() {
         ok_line(&rtmctl(&["power", "profile", "low"])),
         "demo: profile low, 4.60 V"
     );
+    // The demo's image, over NBD.
+    let line = ok_line(&rtmctl(&["nbd", "export", "demo.img", "--cow"]));
+    let uri = line.rsplit(' ').next().unwrap().to_string();
+    assert!(uri.starts_with("nbd://127.0.0.1:"), "{line}");
+    require("nbdinfo");
+    let size = Command::new("nbdinfo")
+        .args(["--size", &uri])
+        .output()
+        .unwrap();
+    assert_eq!(text(&size.stdout).trim(), (64 << 20).to_string());
     assert!(demo.signal_and_wait("INT").success());
     assert!(
         demo.text().contains("dpm8605: output off"),

@@ -206,7 +206,8 @@ impl Connection {
                     match copy_segments(header, &segments, r.length) {
                         Ok(bytes) => self.send(&bytes).await?,
                         Err(e) => {
-                            self.error(&r, NbdError::io("reading the image", &e)).await?
+                            self.error(&r, NbdError::io("reading the image", &e))
+                                .await?
                         }
                     }
                 } else {

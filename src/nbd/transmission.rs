@@ -259,6 +259,15 @@ impl Connection {
             self.flush_then_reply(r);
             return Ok(());
         }
+        if let Err(e) = &result {
+            // Not the client's mistake (a full overlay disk, an I/O error): the admin's.
+            warn!(
+                subsystem = "nbd",
+                "{} failed: {}",
+                r.command.name(),
+                e.message
+            );
+        }
         self.send(&reply_for(r, self.structured, result)).await
     }
 
@@ -272,6 +281,9 @@ impl Connection {
             let result = tokio::task::spawn_blocking(move || export.flush())
                 .await
                 .unwrap_or_else(|e| Err(NbdError::new(proto::EIO, e.to_string())));
+            if let Err(e) = &result {
+                warn!(subsystem = "nbd", "FLUSH failed: {}", e.message);
+            }
             let mut w = writer.lock().await;
             // A client gone meanwhile is noticed by the reader.
             if w.push(&reply_for(&r, structured, result)).await.is_ok() {

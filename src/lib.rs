@@ -2,11 +2,13 @@
 //! `docs/architecture.md`; `board` wires them together.
 
 pub mod board;
+pub mod claims;
 pub mod bus;
 pub mod config;
 pub mod console;
 pub mod daemon;
 pub mod demo;
+pub mod gadget;
 pub mod images;
 pub mod nbd;
 pub mod pdu_api;

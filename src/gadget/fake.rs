@@ -73,6 +73,11 @@ impl FolderConfigfs {
             put("functions/hid.0/report_length", b"8")?;
             put("functions/hid.0/report_desc", desc)?;
             std::os::unix::fs::symlink(dir.join("functions/hid.0"), dir.join("configs/c.1/hid.0"))?;
+            // The character device the kernel would create.
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.root.join("hidg0"))?;
         }
         put("UDC", udc.as_bytes())
     }

@@ -240,7 +240,7 @@ impl Storage {
             if let Some(claim) = claims.get(path)
                 && (claim.writable || writable)
             {
-                return Err(GadgetError::Busy(format!("{name} is attached already")));
+                return Err(GadgetError::Busy(format!("{name} is attached already; detach it first")));
             }
             claims
                 .insert(path.to_path_buf(), crate::claims::Claim { writable })

@@ -49,9 +49,7 @@ fn main() {
                 attached_at = Instant::now();
                 owner
                     .attach(0, name, &images.join(name), mode)
-                    .map(|()| {
-                        format!("attached in {} ms", attached_at.elapsed().as_millis())
-                    })
+                    .map(|()| format!("attached in {} ms", attached_at.elapsed().as_millis()))
                     .map_err(text)
             }
             "eject" => owner.eject(0).map(|()| String::new()).map_err(text),
@@ -67,12 +65,8 @@ fn main() {
                     .and_then(|r| owner.keys(&r).map_err(text))
                     .map(|()| String::new())
             }
-            "wait-block" => wait(|| is_block(rest)).map(|()| {
-                format!(
-                    "seen {} ms after attach",
-                    attached_at.elapsed().as_millis()
-                )
-            }),
+            "wait-block" => wait(|| is_block(rest))
+                .map(|()| format!("seen {} ms after attach", attached_at.elapsed().as_millis())),
             "wait-gone" => wait(|| !Path::new(rest).exists()).map(|()| String::new()),
             "capture-keys" => capture(rest, keys.clone()),
             "show-keys" => {

@@ -79,9 +79,10 @@ impl Board {
                             format!("{:<8}{:<16.16}{:<4}", "rtmd", config.name, "1")
                         }),
                         key_delay: Duration::from_millis(c.key_delay_ms),
-                        cow_dir: c.cow_dir.clone().unwrap_or_else(|| {
-                            store.dir().join(".rtmd/gadget").join(&config.name)
-                        }),
+                        cow_dir: c
+                            .cow_dir
+                            .clone()
+                            .unwrap_or_else(|| store.dir().join(".rtmd/gadget").join(&config.name)),
                     },
                     crate::gadget::host_for(c.configfs.as_deref()),
                     claims.clone(),

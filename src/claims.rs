@@ -26,7 +26,9 @@ impl Claims {
 
     /// The registry, locked: check and act while holding it.
     pub fn lock(&self) -> MutexGuard<'_, HashMap<PathBuf, Claim>> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn release(&self, path: &Path) {

@@ -2,8 +2,8 @@
 //! `docs/architecture.md`; `board` wires them together.
 
 pub mod board;
-pub mod claims;
 pub mod bus;
+pub mod claims;
 pub mod config;
 pub mod console;
 pub mod daemon;

@@ -70,8 +70,7 @@ impl Rig {
     }
 
     fn call(&self, member: &str, args: &[&str]) -> Output {
-        self.d
-            .dbus_send(&format!("org.rtmd.Dut1.{member}"), args)
+        self.d.dbus_send(&format!("org.rtmd.Dut1.{member}"), args)
     }
 }
 
@@ -92,15 +91,24 @@ fn attach_ro_then_detach_leaves_no_gadget() {
     assert_eq!(r.lun("file"), r.images.join("disk.img").to_string_lossy());
     assert_eq!(r.lun("ro"), "1");
     assert_eq!(r.lun("removable"), "1");
-    assert_eq!(r.lun("inquiry_string"), format!("{:<8}{:<16}{:<4}", "rtmd", BOARD, "1"));
+    assert_eq!(
+        r.lun("inquiry_string"),
+        format!("{:<8}{:<16}{:<4}", "rtmd", BOARD, "1")
+    );
     assert_eq!(
         std::fs::read_to_string(r.gadget().join("UDC")).unwrap(),
         "dummy_udc.0"
     );
     assert_eq!(r.d.property("org.rtmd.Dut1.Storage", "Attached"), "b true");
-    assert_eq!(r.d.property("org.rtmd.Dut1.Storage", "Image"), "s \"disk.img\"");
+    assert_eq!(
+        r.d.property("org.rtmd.Dut1.Storage", "Image"),
+        "s \"disk.img\""
+    );
     assert_eq!(r.d.property("org.rtmd.Dut1.Storage", "Mode"), "s \"ro\"");
-    assert_eq!(r.d.property("org.rtmd.Dut1.Storage", "Udc"), "s \"dummy_udc.0\"");
+    assert_eq!(
+        r.d.property("org.rtmd.Dut1.Storage", "Udc"),
+        "s \"dummy_udc.0\""
+    );
     assert_eq!(
         ok_line(&r.d.rtmctl(&["usbg-ms", "status"])),
         format!("{BOARD}: usbg-ms disk.img (ro) on dummy_udc.0")
@@ -121,7 +129,9 @@ fn attach_ro_then_detach_leaves_no_gadget() {
     );
     assert!(!r.gadget().exists());
     assert_eq!(
-        std::fs::read_dir(r.configfs.join("usb_gadget")).unwrap().count(),
+        std::fs::read_dir(r.configfs.join("usb_gadget"))
+            .unwrap()
+            .count(),
         0
     );
     // Off again: done already (LAVA runs disable before enable).
@@ -227,7 +237,11 @@ fn bad_input_is_refused_with_named_errors() {
     let line = err_line(&r.d.rtmctl(&["usbg-ms", "on", "--image", "missing.img"]), 2);
     assert!(line.contains("no image"), "{line}");
     let out = r.call("Storage.Attach", &["string:/etc/passwd", "string:ro"]);
-    assert!(err_name(&out).contains("InvalidArgs"), "{}", text(&out.stderr));
+    assert!(
+        err_name(&out).contains("InvalidArgs"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = r.call("Storage.Attach", &["string:disk.img", "string:rw"]);
     assert!(err_name(&out).contains("InvalidArgs"));
 
@@ -241,7 +255,10 @@ fn bad_input_is_refused_with_named_errors() {
     ok_line(&r.d.rtmctl(&["usbg-ms", "on", "--image", "disk.img"]));
     let out = r.call("Storage.Attach", &["string:disk.img", "string:cow"]);
     let e = err_name(&out);
-    assert!(e.contains("org.rtmd.Dut1.Error.Busy") && e.contains("detach it first"), "{e}");
+    assert!(
+        e.contains("org.rtmd.Dut1.Error.Busy") && e.contains("detach it first"),
+        "{e}"
+    );
     let line = err_line(&r.d.rtmctl(&["usbg-ms", "on", "--image", "disk.img"]), 1);
     assert!(line.contains("disk.img is attached"), "{line}");
     ok_line(&r.d.rtmctl(&["usbg-ms", "off"]));
@@ -259,7 +276,10 @@ fn no_udc_is_a_configuration_error() {
     let bus = Bus::start();
     let r = rig(&bus, &["a.usb"], "udc = \"fe980000.usb\"", "");
     let line = err_line(&r.d.rtmctl(&["usbg-ms", "on", "--image", "disk.img"]), 2);
-    assert!(line.contains("no UDC fe980000.usb (present: a.usb)"), "{line}");
+    assert!(
+        line.contains("no UDC fe980000.usb (present: a.usb)"),
+        "{line}"
+    );
 }
 
 #[test]

@@ -63,8 +63,8 @@ impl NbdIface {
             nbd.export(&name, &path, mode)
         })
         .await
-            .map_err(|e| Error::Hardware(e.to_string()))?
-            .map_err(Error::from)
+        .map_err(|e| Error::Hardware(e.to_string()))?
+        .map_err(Error::from)
     }
 
     /// Withdraws the export, disconnecting its clients; the overlay is kept. Nothing

@@ -36,7 +36,10 @@ impl StorageIface {
             Error::InvalidArgs(format!("mode {mode:?}: expected \"ro\" or \"cow\""))
         })?;
         let (path, name) = self.images.resolve(image)?;
-        Ok(self.storage.attach(lun as usize, &name, &path, mode).await?)
+        Ok(self
+            .storage
+            .attach(lun as usize, &name, &path, mode)
+            .await?)
     }
 }
 

@@ -46,8 +46,14 @@ impl FolderConfigfs {
             }
             fs::write(path, value)
         };
-        put("idVendor", format!("{:#06x}", super::configfs::VENDOR_ID).as_bytes())?;
-        put("idProduct", format!("{:#06x}", super::configfs::PRODUCT_ID).as_bytes())?;
+        put(
+            "idVendor",
+            format!("{:#06x}", super::configfs::VENDOR_ID).as_bytes(),
+        )?;
+        put(
+            "idProduct",
+            format!("{:#06x}", super::configfs::PRODUCT_ID).as_bytes(),
+        )?;
         put("strings/0x409/manufacturer", spec.manufacturer.as_bytes())?;
         put("strings/0x409/product", spec.product.as_bytes())?;
         put("strings/0x409/serialnumber", spec.serial.as_bytes())?;
@@ -170,7 +176,9 @@ impl Configfs for FolderConfigfs {
     fn keyboard_device(&self) -> Result<PathBuf, GadgetError> {
         match &self.gadget {
             Some(g) if g.join("functions/hid.0").is_dir() => Ok(self.root.join("hidg0")),
-            _ => Err(GadgetError::Hardware("the gadget has no keyboard".to_string())),
+            _ => Err(GadgetError::Hardware(
+                "the gadget has no keyboard".to_string(),
+            )),
         }
     }
 
@@ -184,6 +192,9 @@ impl Configfs for FolderConfigfs {
     }
 
     fn gadgets(&self) -> Result<Vec<String>, GadgetError> {
-        Ok(gadgets_in(&self.root)?.into_iter().map(|(n, _)| n).collect())
+        Ok(gadgets_in(&self.root)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect())
     }
 }

@@ -220,8 +220,7 @@ impl Storage {
         let writable = mode == Mode::Cow && !self.cdrom;
         if mode == Mode::Cow && self.cdrom {
             return Err(GadgetError::InvalidArgs(
-                "the LUNs are CD-ROMs (cdrom = true), which are read-only: use mode ro"
-                    .to_string(),
+                "the LUNs are CD-ROMs (cdrom = true), which are read-only: use mode ro".to_string(),
             ));
         }
         let fresh = {
@@ -240,7 +239,9 @@ impl Storage {
             if let Some(claim) = claims.get(path)
                 && (claim.writable || writable)
             {
-                return Err(GadgetError::Busy(format!("{name} is attached already; detach it first")));
+                return Err(GadgetError::Busy(format!(
+                    "{name} is attached already; detach it first"
+                )));
             }
             claims
                 .insert(path.to_path_buf(), crate::claims::Claim { writable })
@@ -306,3 +307,6 @@ impl Storage {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

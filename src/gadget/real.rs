@@ -200,6 +200,9 @@ impl Configfs for KernelConfigfs {
     }
 
     fn gadgets(&self) -> Result<Vec<String>, GadgetError> {
-        Ok(gadgets_in(&self.root()?)?.into_iter().map(|(n, _)| n).collect())
+        Ok(gadgets_in(&self.root()?)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect())
     }
 }

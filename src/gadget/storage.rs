@@ -196,9 +196,7 @@ impl Owner {
     fn insert(&mut self, lun: usize, medium: &Medium) -> Result<(), GadgetError> {
         let read_only = medium.mode == Mode::Ro || self.options.cdrom;
         if self.bound.is_some() && self.options.removable {
-            return self
-                .host
-                .set_lun_file(lun, Some(&medium.file), read_only);
+            return self.host.set_lun_file(lun, Some(&medium.file), read_only);
         }
         let mut media = self.media.clone();
         media[lun] = Some(medium.clone());
@@ -288,7 +286,9 @@ impl Owner {
 
     pub fn eject(&mut self, lun: usize) -> Result<(), GadgetError> {
         let Some(medium) = self.media.get(lun).cloned().flatten() else {
-            return Err(GadgetError::NotFound(format!("nothing is attached to LUN {lun}")));
+            return Err(GadgetError::NotFound(format!(
+                "nothing is attached to LUN {lun}"
+            )));
         };
         if !self.options.removable {
             return Err(GadgetError::InvalidArgs(
@@ -322,7 +322,11 @@ impl Owner {
         if medium.mode == Mode::Cow
             && let Err(e) = std::fs::remove_file(&medium.file)
         {
-            warn!(subsystem = "storage", "cannot delete {}: {e}", medium.file.display());
+            warn!(
+                subsystem = "storage",
+                "cannot delete {}: {e}",
+                medium.file.display()
+            );
         }
         if !self.media.iter().flatten().any(|m| m.base == medium.base) {
             self.claims.release(&medium.base);

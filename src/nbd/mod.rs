@@ -135,7 +135,12 @@ impl Nbd {
             .local_addr()
             .map_err(|e| NbdServerError::Io(e.to_string()))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(std::env::var("RTMD_NBD_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2))
+            .worker_threads(
+                std::env::var("RTMD_NBD_THREADS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(2),
+            )
             .thread_name("rtmd-nbd")
             .enable_all()
             .build()

@@ -164,7 +164,8 @@ impl Connection {
                     match copy_segments(header, &segments, r.length) {
                         Ok(bytes) => self.send(Reply::Bytes(bytes)).await?,
                         Err(e) => {
-                            self.error(&r, NbdError::io("reading the image", &e)).await?
+                            self.error(&r, NbdError::io("reading the image", &e))
+                                .await?
                         }
                     }
                 } else {

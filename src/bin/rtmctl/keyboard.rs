@@ -21,7 +21,11 @@ pub async fn run(c: &Client, action: &KeyboardAction) -> Result<String, Failure>
     match action {
         KeyboardAction::Type { text } => {
             c.call(KEYBOARD, "Type", &(text.as_str(),)).await?;
-            Ok(format!("{}: typed {} characters", c.board, text.chars().count()))
+            Ok(format!(
+                "{}: typed {} characters",
+                c.board,
+                text.chars().count()
+            ))
         }
         KeyboardAction::Press { keys } => {
             c.call(KEYBOARD, "Press", &(keys,)).await?;

@@ -8,8 +8,10 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use crate::bus;
+use crate::claims::Claims;
 use crate::config::{Config, OnStop};
 use crate::console::Console;
+use crate::gadget::{Storage, StorageOptions};
 use crate::images::Store;
 use crate::nbd::{Nbd, NbdOptions};
 use crate::pdu_api;
@@ -25,6 +27,9 @@ pub struct Board {
     pub console: Option<Console>,
     pub images: Option<Store>,
     pub nbd: Option<Nbd>,
+    pub storage: Option<Storage>,
+    /// Images the USB gadget holds, so NBD never exports one writable meanwhile.
+    pub claims: Claims,
 }
 
 impl Board {
@@ -58,6 +63,35 @@ impl Board {
             ),
             _ => None,
         };
+        let claims = Claims::new();
+        let storage = match (&config.storage, &images) {
+            (Some(c), Some(store)) => Some(
+                Storage::start(
+                    StorageOptions {
+                        board: config.name.clone(),
+                        udc: c.udc.clone(),
+                        keyboard: c.keyboard,
+                        luns: c.luns,
+                        cdrom: c.cdrom,
+                        removable: c.removable,
+                        inquiry: c.inquiry.clone().unwrap_or_else(|| {
+                            // vendor (8), product (16), revision (4)
+                            format!("{:<8}{:<16.16}{:<4}", "rtmd", config.name, "1")
+                        }),
+                        key_delay: Duration::from_millis(c.key_delay_ms),
+                        cow_dir: c
+                            .cow_dir
+                            .clone()
+                            .unwrap_or_else(|| store.dir().join(".rtmd/gadget").join(&config.name)),
+                    },
+                    crate::gadget::host_for(c.configfs.as_deref()),
+                    claims.clone(),
+                    nbd.clone(),
+                )
+                .map_err(|e| format!("[storage]: {e}"))?,
+            ),
+            _ => None,
+        };
         if let (Some(api), Some(power)) = (&config.pdudaemon_api, &power) {
             pdu_api::start(api, power.clone()).await?;
         }
@@ -67,6 +101,8 @@ impl Board {
             console,
             images,
             nbd,
+            storage,
+            claims,
         })
     }
 
@@ -81,6 +117,11 @@ impl Board {
             ("console", self.console.is_some()),
             ("images", self.images.is_some()),
             ("nbd", self.nbd.is_some()),
+            ("storage", self.storage.is_some()),
+            (
+                "keyboard",
+                self.storage.as_ref().is_some_and(Storage::has_keyboard),
+            ),
         ]
         .into_iter()
         .filter(|(_, present)| *present)
@@ -116,6 +157,10 @@ impl Board {
         // now so it is removed at once.
         if let Some(images) = &self.images {
             images.cancel_all();
+        }
+        // The board sees the USB device unplugged; cow copies are deleted.
+        if let Some(storage) = &self.storage {
+            storage.stop().await;
         }
         // Clients are cut and the overlay flushed: what FLUSH acknowledged is on disk anyway,
         // this also saves what the board wrote since.

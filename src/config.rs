@@ -53,6 +53,7 @@ pub struct Config {
     pub pdudaemon_api: Option<PduApiConfig>,
     pub images: Option<ImagesConfig>,
     pub nbd: Option<NbdConfig>,
+    pub storage: Option<StorageConfig>,
     /// Sections of the config contract that a later subsystem will own; kept so that a
     /// complete lab config validates today. The daemon warns that they are not served yet.
     pub pending_sections: Vec<&'static str>,
@@ -205,6 +206,29 @@ pub struct NbdConfig {
     pub overlay_dir: Option<PathBuf>,
 }
 
+/// `[storage]`: the USB gadget (docs/storage.md): mass storage and a keyboard.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// The USB device controller; `None`: the only one present.
+    pub udc: Option<String>,
+    /// A HID keyboard in the same composite gadget.
+    pub keyboard: bool,
+    /// Mass-storage LUNs, 1..=8.
+    pub luns: usize,
+    /// LUNs present as CD-ROMs (read-only).
+    pub cdrom: bool,
+    /// LUNs are removable: media change without unbinding.
+    pub removable: bool,
+    /// SCSI INQUIRY string, at most 28 characters (default: "rtmd", the board name).
+    pub inquiry: Option<String>,
+    /// Between two keyboard reports.
+    pub key_delay_ms: u64,
+    /// A folder laid out like configfs instead of the kernel's (tests, demo).
+    pub configfs: Option<PathBuf>,
+    /// Where `cow` copies live (default: `<images dir>/.rtmd/gadget/<board>`).
+    pub cow_dir: Option<PathBuf>,
+}
+
 /// Loopback and the NBD port IANA assigned.
 pub const NBD_DEFAULT_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 10809);
@@ -274,7 +298,7 @@ struct RawConfig {
     console: Option<RawConsole>,
     images: Option<Spanned<RawImages>>,
     nbd: Option<Spanned<RawNbd>>,
-    storage: Option<RawStorage>,
+    storage: Option<Spanned<RawStorage>>,
     capture: Option<RawCapture>,
     access: Option<RawAccess>,
     pdudaemon_api: Option<Spanned<RawPduApi>>,
@@ -365,10 +389,16 @@ struct RawNbd {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
 struct RawStorage {
     udc: S<String>,
     keyboard: S<bool>,
+    luns: S<i64>,
+    cdrom: S<bool>,
+    removable: S<bool>,
+    inquiry: S<String>,
+    key_delay_ms: S<i64>,
+    configfs: S<String>,
+    cow_dir: S<String>,
 }
 
 #[derive(Deserialize)]
@@ -547,8 +577,19 @@ fn validate(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         }
         None => None,
     };
+    let storage = match &raw.storage {
+        Some(section) => {
+            if raw.images.is_none() {
+                return Err(cx.at(
+                    section,
+                    "[storage] takes images from the image folder: add [images] with `dir`",
+                ));
+            }
+            Some(validate_storage(cx, section.get_ref())?)
+        }
+        None => None,
+    };
     let pending_sections = [
-        ("storage", raw.storage.is_some()),
         ("capture", raw.capture.is_some()),
         ("access", raw.access.is_some()),
     ]
@@ -563,6 +604,7 @@ fn validate(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         pdudaemon_api,
         images,
         nbd,
+        storage,
         pending_sections,
         warnings,
     })
@@ -630,6 +672,55 @@ fn validate_images(cx: &Cx<'_>, section: &Spanned<RawImages>) -> Result<ImagesCo
         None => None,
     };
     Ok(ImagesConfig { dir, ca_file })
+}
+
+fn validate_storage(cx: &Cx<'_>, s: &RawStorage) -> Result<StorageConfig, ConfigError> {
+    let udc = match &s.udc {
+        Some(v) if v.get_ref().is_empty() || v.get_ref().contains(['/', '\n']) => {
+            return Err(cx.at(v, "`udc` must be a UDC name, as listed in /sys/class/udc"));
+        }
+        Some(v) => Some(v.get_ref().clone()),
+        None => None,
+    };
+    let luns = match &s.luns {
+        Some(v) if !(1..=8).contains(v.get_ref()) => {
+            return Err(cx.at(v, "`luns` must be 1 to 8"));
+        }
+        Some(v) => *v.get_ref() as usize,
+        None => 1,
+    };
+    let inquiry = match &s.inquiry {
+        Some(v) if v.get_ref().len() > 28 || !v.get_ref().is_ascii() => {
+            return Err(cx.at(v, "`inquiry` must be at most 28 ASCII characters"));
+        }
+        Some(v) => Some(v.get_ref().clone()),
+        None => None,
+    };
+    let key_delay_ms = match &s.key_delay_ms {
+        Some(v) if !(0..=1000).contains(v.get_ref()) => {
+            return Err(cx.at(v, "`key_delay_ms` must be 0 to 1000"));
+        }
+        Some(v) => *v.get_ref() as u64,
+        None => 20,
+    };
+    let absolute = |v: &S<String>, key: &str| match v {
+        Some(d) if !Path::new(d.get_ref()).is_absolute() => {
+            Err(cx.at(d, format!("`{key}` must be an absolute path")))
+        }
+        Some(d) => Ok(Some(PathBuf::from(d.get_ref()))),
+        None => Ok(None),
+    };
+    Ok(StorageConfig {
+        udc,
+        keyboard: s.keyboard.as_ref().is_some_and(|v| *v.get_ref()),
+        luns,
+        cdrom: s.cdrom.as_ref().is_some_and(|v| *v.get_ref()),
+        removable: s.removable.as_ref().is_none_or(|v| *v.get_ref()),
+        inquiry,
+        key_delay_ms,
+        configfs: absolute(&s.configfs, "configfs")?,
+        cow_dir: absolute(&s.cow_dir, "cow_dir")?,
+    })
 }
 
 fn validate_console(cx: &Cx<'_>, c: &RawConsole) -> Result<ConsoleConfig, ConfigError> {

@@ -43,6 +43,8 @@ pub async fn run(config: Config, bus_choice: &BusChoice) -> ExitCode {
         board.console.clone(),
         board.images.clone(),
         board.nbd.clone(),
+        board.storage.clone(),
+        board.claims.clone(),
     )
     .await
     {

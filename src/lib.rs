@@ -3,10 +3,12 @@
 
 pub mod board;
 pub mod bus;
+pub mod claims;
 pub mod config;
 pub mod console;
 pub mod daemon;
 pub mod demo;
+pub mod gadget;
 pub mod images;
 pub mod nbd;
 pub mod pdu_api;

@@ -50,15 +50,18 @@ pub struct ImagesIface {
     store: Store,
     /// To refuse removing the image it exports.
     nbd: Option<crate::nbd::Nbd>,
+    /// To refuse removing an image the USB gadget holds.
+    claims: crate::claims::Claims,
     next_job: Arc<AtomicU64>,
     finished: Arc<Mutex<VecDeque<String>>>,
 }
 
 impl ImagesIface {
-    pub fn new(store: Store, nbd: Option<crate::nbd::Nbd>) -> Self {
+    pub fn new(store: Store, nbd: Option<crate::nbd::Nbd>, claims: crate::claims::Claims) -> Self {
         ImagesIface {
             store,
             nbd,
+            claims,
             next_job: Arc::new(AtomicU64::new(1)),
             finished: Arc::new(Mutex::new(VecDeque::new())),
         }
@@ -116,6 +119,11 @@ impl ImagesIface {
         {
             return Err(Error::Busy(format!(
                 "{normalized} is exported over NBD; unexport it first"
+            )));
+        }
+        if self.claims.get(&path).is_some() {
+            return Err(Error::Busy(format!(
+                "{normalized} is attached as USB storage; detach it first (usbg-ms off)"
             )));
         }
         Ok(self.store.remove(name)?)

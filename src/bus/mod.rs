@@ -8,8 +8,10 @@
 mod console;
 mod dut;
 mod images;
+mod keyboard;
 mod nbd;
 mod power;
+mod storage;
 
 use std::time::Duration;
 
@@ -114,6 +116,8 @@ pub enum ConnectError {
 /// Connects, serves the board's interfaces at [`PATH`] and takes its names. Also owns the
 /// name spelled with the board name verbatim (`-` is valid in bus names), so a systemd
 /// template's `BusName=org.rtmd.Dut1.%i` is exact for every board.
+// One argument per subsystem, as `Board` has them; a struct would only rename the list.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     bus: &BusChoice,
     dut: Dut,
@@ -121,6 +125,8 @@ pub async fn serve(
     console: Option<Console>,
     images: Option<Store>,
     nbd: Option<crate::nbd::Nbd>,
+    storage: Option<crate::gadget::Storage>,
+    claims: crate::claims::Claims,
 ) -> Result<Connection, ConnectError> {
     let board = dut.name().to_string();
     let name = bus_name(&board);
@@ -137,9 +143,21 @@ pub async fn serve(
         builder = builder.serve_at(PATH, console::ConsoleIface::new(c.clone()));
     }
     if let Some(s) = &images {
-        builder = builder.serve_at(PATH, images::ImagesIface::new(s.clone(), nbd.clone()));
+        builder = builder.serve_at(
+            PATH,
+            images::ImagesIface::new(s.clone(), nbd.clone(), claims.clone()),
+        );
         if let Some(n) = &nbd {
-            builder = builder.serve_at(PATH, nbd::NbdIface::new(n.clone(), s.clone()));
+            builder = builder.serve_at(
+                PATH,
+                nbd::NbdIface::new(n.clone(), s.clone(), claims.clone()),
+            );
+        }
+        if let Some(g) = &storage {
+            builder = builder.serve_at(PATH, storage::StorageIface::new(g.clone(), s.clone()));
+            if g.has_keyboard() {
+                builder = builder.serve_at(PATH, keyboard::KeyboardIface::new(g.clone()));
+            }
         }
     }
     builder = builder
@@ -175,6 +193,11 @@ pub async fn serve(
     }
     if let Some(n) = nbd {
         nbd::spawn_change_signals(&connection, n)
+            .await
+            .map_err(fail)?;
+    }
+    if let Some(g) = storage {
+        storage::spawn_change_signals(&connection, g)
             .await
             .map_err(fail)?;
     }

@@ -4,6 +4,7 @@
 use zbus::{Connection, interface};
 
 use super::{Error, PATH};
+use crate::claims::Claims;
 use crate::images::Store;
 use crate::nbd::{Mode, Nbd, NbdServerError};
 
@@ -20,11 +21,17 @@ impl From<NbdServerError> for Error {
 pub struct NbdIface {
     nbd: Nbd,
     images: Store,
+    /// What the USB gadget holds: an image is never writable there and here at once.
+    claims: Claims,
 }
 
 impl NbdIface {
-    pub fn new(nbd: Nbd, images: Store) -> Self {
-        NbdIface { nbd, images }
+    pub fn new(nbd: Nbd, images: Store, claims: Claims) -> Self {
+        NbdIface {
+            nbd,
+            images,
+            claims,
+        }
     }
 }
 
@@ -39,11 +46,25 @@ impl NbdIface {
         })?;
         let (path, name) = self.images.resolve(image)?;
         let nbd = self.nbd.clone();
-        // Opening a cow overlay reads its map from disk.
-        tokio::task::spawn_blocking(move || nbd.export(&name, &path, mode))
-            .await
-            .map_err(|e| Error::Hardware(e.to_string()))?
-            .map_err(Error::from)
+        let claims = self.claims.clone();
+        // Opening a cow overlay reads its map from disk. The claims stay locked from the
+        // check to the export, so the gadget cannot take the image in between.
+        tokio::task::spawn_blocking(move || {
+            let held = claims.lock();
+            if let Some(claim) = held.get(&path)
+                && (claim.writable || mode == Mode::Cow)
+            {
+                return Err(NbdServerError::Busy(format!(
+                    "{name} is attached to the USB gadget{}; detach it first: an image is \
+                     never writable through the gadget and NBD at once",
+                    if claim.writable { " (cow)" } else { "" }
+                )));
+            }
+            nbd.export(&name, &path, mode)
+        })
+        .await
+        .map_err(|e| Error::Hardware(e.to_string()))?
+        .map_err(Error::from)
     }
 
     /// Withdraws the export, disconnecting its clients; the overlay is kept. Nothing

@@ -231,3 +231,52 @@ fn images_mistakes_are_located() {
     let e = err("name = \"b\"\n[images]\ndir = 3\n");
     assert_eq!(e.line, 3);
 }
+
+#[test]
+fn storage_section_is_served_with_defaults() {
+    let c = parse_str(
+        "name = \"b\"\n[images]\ndir = \"/i\"\n[storage]\nudc = \"fe980000.usb\"\nkeyboard = true\n",
+    )
+    .unwrap();
+    let s = c.storage.unwrap();
+    assert_eq!(s.udc.as_deref(), Some("fe980000.usb"));
+    assert!(s.keyboard && s.removable && !s.cdrom);
+    assert_eq!((s.luns, s.key_delay_ms), (1, 20));
+    assert!(s.configfs.is_none() && s.cow_dir.is_none() && s.inquiry.is_none());
+    assert!(!c.pending_sections.contains(&"storage"));
+    let c = parse_str(
+        "name = \"b\"\n[images]\ndir = \"/i\"\n[storage]\nluns = 2\ncdrom = true\n\
+         removable = false\ninquiry = \"Lab     Disk\"\nkey_delay_ms = 0\n\
+         configfs = \"/tmp/cfs\"\ncow_dir = \"/var/tmp/cow\"\n",
+    )
+    .unwrap();
+    let s = c.storage.unwrap();
+    assert_eq!(
+        (s.luns, s.cdrom, s.removable, s.key_delay_ms),
+        (2, true, false, 0)
+    );
+    assert_eq!(s.configfs.as_deref(), Some(Path::new("/tmp/cfs")));
+}
+
+#[test]
+fn storage_mistakes_are_located() {
+    let head = "name = \"b\"\n[images]\ndir = \"/i\"\n[storage]\n";
+    let e = err(&format!("{head}luns = 9\n"));
+    assert_eq!((e.line, e.column), (5, 8));
+    assert!(e.message.contains("1 to 8"), "{e}");
+    let e = err(&format!("{head}  speed = 1\n"));
+    assert_eq!((e.line, e.column), (5, 3));
+    let e = err(&format!("{head}inquiry = \"{}\"\n", "x".repeat(29)));
+    assert_eq!((e.line, e.column), (5, 11));
+    let e = err(&format!("{head}key_delay_ms = -1\n"));
+    assert_eq!((e.line, e.column), (5, 16));
+    let e = err(&format!("{head}configfs = \"relative\"\n"));
+    assert!(e.message.contains("absolute"), "{e}");
+    let e = err(&format!("{head}udc = \"\"\n"));
+    assert_eq!((e.line, e.column), (5, 7));
+    let e = err(&format!("{head}keyboard = \"yes\"\n"));
+    assert_eq!(e.line, 5);
+    let e = err("name = \"b\"\n[storage]\nkeyboard = true\n");
+    assert!(e.message.contains("add [images]"), "{e}");
+    assert_eq!((e.line, e.column), (2, 1));
+}

@@ -6,7 +6,9 @@
 
 mod console;
 mod image;
+mod keyboard;
 mod nbd;
+mod usbg;
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -73,6 +75,17 @@ enum Command {
     Nbd {
         #[command(subcommand)]
         action: nbd::NbdAction,
+    },
+    /// The board's USB disk (mass-storage gadget).
+    #[command(name = "usbg-ms")]
+    UsbgMs {
+        #[command(subcommand)]
+        action: usbg::UsbgAction,
+    },
+    /// The board's USB keyboard.
+    Keyboard {
+        #[command(subcommand)]
+        action: keyboard::KeyboardAction,
     },
 }
 
@@ -201,6 +214,8 @@ async fn run(args: &Args) -> Result<Outcome, Failure> {
         Command::Power { action } => power(&client, action).await.map(Outcome::Line),
         Command::Image { action } => image::run(&client, action).await.map(Outcome::Line),
         Command::Nbd { action } => nbd::run(&client, action).await.map(Outcome::Line),
+        Command::UsbgMs { action } => usbg::run(&client, action).await.map(Outcome::Line),
+        Command::Keyboard { action } => keyboard::run(&client, action).await.map(Outcome::Line),
         Command::Console { log: false, .. } => {
             let reply = client.call(CONSOLE, "Attach", &()).await?;
             let fd: zbus::OwnedFd = reply.body().deserialize().map_err(|e| client.fail(e))?;

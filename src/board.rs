@@ -8,6 +8,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use crate::bus;
+use crate::capture::Capture;
 use crate::claims::Claims;
 use crate::config::{Config, OnStop};
 use crate::console::Console;
@@ -28,6 +29,7 @@ pub struct Board {
     pub images: Option<Store>,
     pub nbd: Option<Nbd>,
     pub storage: Option<Storage>,
+    pub capture: Option<Capture>,
     /// Images the USB gadget holds, so NBD never exports one writable meanwhile.
     pub claims: Claims,
 }
@@ -92,6 +94,10 @@ impl Board {
             ),
             _ => None,
         };
+        let capture = match &config.capture {
+            Some(c) => Some(Capture::start(c).map_err(|e| format!("[capture]: {e}"))?),
+            None => None,
+        };
         if let (Some(api), Some(power)) = (&config.pdudaemon_api, &power) {
             pdu_api::start(api, power.clone()).await?;
         }
@@ -102,6 +108,7 @@ impl Board {
             images,
             nbd,
             storage,
+            capture,
             claims,
         })
     }
@@ -122,6 +129,7 @@ impl Board {
                 "keyboard",
                 self.storage.as_ref().is_some_and(Storage::has_keyboard),
             ),
+            ("capture", self.capture.is_some()),
         ]
         .into_iter()
         .filter(|(_, present)| *present)
@@ -153,6 +161,11 @@ impl Board {
 
     /// Stops fail-safe: with `on_stop = "off"` the board is switched off first.
     pub async fn stop(&self) {
+        // Recordings are finalized (EOS through the muxer) so their files stay playable.
+        if let Some(capture) = self.capture.clone() {
+            let _ = tokio::task::spawn_blocking(move || capture.stop_all("the daemon stopped"))
+                .await;
+        }
         // A fetch cut short leaves only a partial file, which the next start removes; cancel
         // now so it is removed at once.
         if let Some(images) = &self.images {

@@ -3,6 +3,7 @@
 
 pub mod board;
 pub mod bus;
+pub mod capture;
 pub mod claims;
 pub mod config;
 pub mod console;

@@ -5,6 +5,7 @@
 //! Nothing here decides anything about hardware: each method validates its arguments, calls
 //! the subsystem, and translates the result.
 
+mod capture;
 mod console;
 mod dut;
 mod images;
@@ -127,6 +128,7 @@ pub async fn serve(
     nbd: Option<crate::nbd::Nbd>,
     storage: Option<crate::gadget::Storage>,
     claims: crate::claims::Claims,
+    capture: Option<crate::capture::Capture>,
 ) -> Result<Connection, ConnectError> {
     let board = dut.name().to_string();
     let name = bus_name(&board);
@@ -159,6 +161,9 @@ pub async fn serve(
                 builder = builder.serve_at(PATH, keyboard::KeyboardIface::new(g.clone()));
             }
         }
+    }
+    if let Some(c) = &capture {
+        builder = builder.serve_at(PATH, capture::CaptureIface::new(c.clone()));
     }
     builder = builder
         .name(name.clone())
@@ -198,6 +203,11 @@ pub async fn serve(
     }
     if let Some(g) = storage {
         storage::spawn_change_signals(&connection, g)
+            .await
+            .map_err(fail)?;
+    }
+    if let Some(c) = capture {
+        capture::spawn_change_signals(&connection, c)
             .await
             .map_err(fail)?;
     }

@@ -4,6 +4,7 @@
 //! (hardware, timeout, daemon not running), 2 on a usage or configuration error, 3 when the
 //! board is held by someone else; on failure one line on stderr says why.
 
+mod capture;
 mod console;
 mod image;
 mod keyboard;
@@ -86,6 +87,11 @@ enum Command {
     Keyboard {
         #[command(subcommand)]
         action: keyboard::KeyboardAction,
+    },
+    /// The board's HDMI and audio capture: snapshots, recordings, screen and tone checks.
+    Capture {
+        #[command(subcommand)]
+        action: capture::CaptureAction,
     },
 }
 
@@ -216,6 +222,7 @@ async fn run(args: &Args) -> Result<Outcome, Failure> {
         Command::Nbd { action } => nbd::run(&client, action).await.map(Outcome::Line),
         Command::UsbgMs { action } => usbg::run(&client, action).await.map(Outcome::Line),
         Command::Keyboard { action } => keyboard::run(&client, action).await.map(Outcome::Line),
+        Command::Capture { action } => capture::run(&client, action).await.map(Outcome::Line),
         Command::Console { log: false, .. } => {
             let reply = client.call(CONSOLE, "Attach", &()).await?;
             let fd: zbus::OwnedFd = reply.body().deserialize().map_err(|e| client.fail(e))?;

@@ -168,7 +168,7 @@ impl SimState {
             gst::element_error!(
                 element,
                 gst::ResourceError::NotFound,
-                ["the device was unplugged (simulated)"]
+                ("the device was unplugged (simulated)")
             );
             return;
         }

@@ -7,7 +7,7 @@
 //! recording. A PNG is written to a hidden temporary name and renamed, so a full disk leaves
 //! no half-written snapshot behind.
 
-use std::io::{self, ErrorKind};
+use std::io::{self, ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -121,18 +121,14 @@ pub fn write_png(path: &Path, frame: &RgbImage) -> Result<(), CaptureError> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let temporary = path.with_file_name(format!(".{name}.tmp"));
+    // Encoded in memory first: a write that fails is then a plain I/O error (ENOSPC).
+    let mut png = Vec::new();
+    frame
+        .write_to(&mut io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| CaptureError::Device(format!("cannot encode the frame as PNG: {e}")))?;
     let result = (|| -> Result<(), String> {
-        let file = std::fs::File::create(&temporary).map_err(storage_words)?;
-        let mut writer = io::BufWriter::new(file);
-        frame
-            .write_to(&mut writer, image::ImageFormat::Png)
-            .map_err(|e| match e {
-                image::ImageError::IoError(io) => storage_words(io),
-                other => other.to_string(),
-            })?;
-        let file = writer
-            .into_inner()
-            .map_err(|e| storage_words(e.into_error()))?;
+        let mut file = std::fs::File::create(&temporary).map_err(storage_words)?;
+        file.write_all(&png).map_err(storage_words)?;
         file.sync_all().map_err(storage_words)?;
         std::fs::rename(&temporary, path).map_err(storage_words)
     })();

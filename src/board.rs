@@ -163,8 +163,8 @@ impl Board {
     pub async fn stop(&self) {
         // Recordings are finalized (EOS through the muxer) so their files stay playable.
         if let Some(capture) = self.capture.clone() {
-            let _ = tokio::task::spawn_blocking(move || capture.stop_all("the daemon stopped"))
-                .await;
+            let _ =
+                tokio::task::spawn_blocking(move || capture.stop_all("the daemon stopped")).await;
         }
         // A fetch cut short leaves only a partial file, which the next start removes; cancel
         // now so it is removed at once.

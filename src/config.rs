@@ -610,9 +610,9 @@ fn validate(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         None => None,
     };
     let pending_sections = [("access", raw.access.is_some())]
-    .into_iter()
-    .filter_map(|(name, present)| present.then_some(name))
-    .collect();
+        .into_iter()
+        .filter_map(|(name, present)| present.then_some(name))
+        .collect();
     Ok(Config {
         path: cx.path.to_path_buf(),
         name: raw.name.into_inner(),

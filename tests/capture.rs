@@ -63,7 +63,10 @@ fn set_screen(screen: &Path, state: &str) {
 /// The duration gst-discoverer-1.0 reads from a recording, in seconds, or why it could not.
 fn duration(path: &str) -> Result<f64, String> {
     require("gst-discoverer-1.0");
-    let out = Command::new("gst-discoverer-1.0").arg(path).output().unwrap();
+    let out = Command::new("gst-discoverer-1.0")
+        .arg(path)
+        .output()
+        .unwrap();
     let report = text(&out.stdout);
     if !out.status.success() {
         return Err(report);
@@ -105,7 +108,10 @@ fn the_screen_and_sound_follow_the_sim_state() {
     assert!(line.contains("does not match"), "{line}");
     let line = ok_line(&d.rtmctl(&["capture", "level", "--window-ms", "200"]));
     assert!(line.contains("-200.0 dBFS"), "{line}");
-    err_line(&d.rtmctl(&["capture", "tone", "1000", "--timeout-ms", "300"]), 1);
+    err_line(
+        &d.rtmctl(&["capture", "tone", "1000", "--timeout-ms", "300"]),
+        1,
+    );
 
     // Booted: colour bars (matched at another size), and a 1 kHz tone.
     set_screen(&screen, "booted");
@@ -121,7 +127,10 @@ fn the_screen_and_sound_follow_the_sim_state() {
     assert!(line.contains("screen matches"), "{line}");
     let line = ok_line(&d.rtmctl(&["capture", "tone", "1000", "--timeout-ms", "20000"]));
     assert!(line.contains("heard"), "{line}");
-    err_line(&d.rtmctl(&["capture", "tone", "440", "--timeout-ms", "300"]), 1);
+    err_line(
+        &d.rtmctl(&["capture", "tone", "440", "--timeout-ms", "300"]),
+        1,
+    );
     let out = d.busctl(&[
         "call",
         &rtmd::bus::bus_name(BOARD),
@@ -148,7 +157,13 @@ fn the_screen_and_sound_follow_the_sim_state() {
     let artifacts = d.property(CAPTURE, "Artifacts");
     assert!(artifacts.contains("snapshot-"), "{artifacts}");
     // The snapshot itself serves as a reference.
-    ok_line(&d.rtmctl(&["capture", "compare", copy.to_str().unwrap(), "--threshold", "0.95"]));
+    ok_line(&d.rtmctl(&[
+        "capture",
+        "compare",
+        copy.to_str().unwrap(),
+        "--threshold",
+        "0.95",
+    ]));
 }
 
 #[test]
@@ -159,13 +174,23 @@ fn recordings_are_finalized_and_playable() {
     let bars = bars_png(d.dir.path());
     let video = ok_line(&d.rtmctl(&["capture", "record", "start", "--kind", "video"]));
     let audio = ok_line(&d.rtmctl(&["capture", "record", "start", "--kind", "audio"]));
-    assert!(video.ends_with(".mkv") && audio.ends_with(".mka"), "{video} {audio}");
+    assert!(
+        video.ends_with(".mkv") && audio.ends_with(".mka"),
+        "{video} {audio}"
+    );
     assert_eq!(d.property(CAPTURE, "Recording"), "as 2 \"audio\" \"video\"");
 
     // A second recording of the same kind, or `both` meanwhile: Busy.
     let out = d.dbus_send(&format!("{CAPTURE}.StartRecording"), &["string:video"]);
-    assert!(text(&out.stderr).contains("Error.Busy"), "{}", text(&out.stderr));
-    let line = err_line(&d.rtmctl(&["capture", "record", "start", "--kind", "both"]), 1);
+    assert!(
+        text(&out.stderr).contains("Error.Busy"),
+        "{}",
+        text(&out.stderr)
+    );
+    let line = err_line(
+        &d.rtmctl(&["capture", "record", "start", "--kind", "both"]),
+        1,
+    );
     assert!(line.contains("recording is running"), "{line}");
 
     // Checks still work while the devices are recorded (through the recording's tap).
@@ -195,7 +220,10 @@ fn recordings_are_finalized_and_playable() {
     let seconds = duration(&both).unwrap_or_else(|e| panic!("{both}: {e}"));
     assert!(seconds > 0.0);
     let report = discover(&both);
-    assert!(report.contains("JPEG") && report.contains("FLAC"), "{report}");
+    assert!(
+        report.contains("JPEG") && report.contains("FLAC"),
+        "{report}"
+    );
 }
 
 #[test]
@@ -209,7 +237,10 @@ fn a_device_lost_mid_recording_still_leaves_a_playable_file() {
         d.property(CAPTURE, "Recording") == "as 0"
     });
     let why = d.property(CAPTURE, "LastStop");
-    assert!(why.contains("both: device lost") && why.contains("unplugged"), "{why}");
+    assert!(
+        why.contains("both: device lost") && why.contains("unplugged"),
+        "{why}"
+    );
     let seconds = duration(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     assert!(seconds > 0.0);
 }
@@ -221,7 +252,10 @@ fn bad_input_is_refused_with_named_errors() {
     let dir = d.dir.path();
     // References: missing, not a PNG, a truncated PNG.
     let missing = dir.join("missing.png");
-    let line = err_line(&d.rtmctl(&["capture", "compare", missing.to_str().unwrap()]), 2);
+    let line = err_line(
+        &d.rtmctl(&["capture", "compare", missing.to_str().unwrap()]),
+        2,
+    );
     assert!(line.contains("missing.png"), "{line}");
     let text_file = dir.join("notes.png");
     std::fs::write(&text_file, "not a picture").unwrap();
@@ -230,22 +264,42 @@ fn bad_input_is_refused_with_named_errors() {
         &[&format!("string:{}", text_file.display()), "double:0.8"],
     );
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("InvalidArgs") && stderr.contains("not a PNG"), "{stderr}");
+    assert!(
+        stderr.contains("InvalidArgs") && stderr.contains("not a PNG"),
+        "{stderr}"
+    );
     let bars = bars_png(dir);
     let truncated = dir.join("truncated.png");
     std::fs::write(&truncated, &std::fs::read(&bars).unwrap()[..60]).unwrap();
-    err_line(&d.rtmctl(&["capture", "compare", truncated.to_str().unwrap()]), 2);
+    err_line(
+        &d.rtmctl(&["capture", "compare", truncated.to_str().unwrap()]),
+        2,
+    );
     // Thresholds, kinds, frequencies.
     err_line(
-        &d.rtmctl(&["capture", "compare", bars.to_str().unwrap(), "--threshold", "1.5"]),
+        &d.rtmctl(&[
+            "capture",
+            "compare",
+            bars.to_str().unwrap(),
+            "--threshold",
+            "1.5",
+        ]),
         2,
     );
     let out = d.dbus_send(&format!("{CAPTURE}.StartRecording"), &["string:screen"]);
-    assert!(text(&out.stderr).contains("InvalidArgs"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("InvalidArgs"),
+        "{}",
+        text(&out.stderr)
+    );
     err_line(&d.rtmctl(&["capture", "tone", "30000"]), 2);
     // Stopping what is not recording.
     let out = d.dbus_send(&format!("{CAPTURE}.StopRecording"), &["string:video"]);
-    assert!(text(&out.stderr).contains("Error.NotFound"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("Error.NotFound"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -258,11 +312,21 @@ fn a_missing_device_is_a_hardware_error_and_records_nothing() {
     );
     let d = Daemon::start_in(&bus, &config, dir);
     let line = err_line(&d.rtmctl(&["capture", "snapshot"]), 1);
-    assert!(line.contains("no such device: /dev/rtm/hdmi-box/hdmi"), "{line}");
+    assert!(
+        line.contains("no such device: /dev/rtm/hdmi-box/hdmi"),
+        "{line}"
+    );
     let out = d.dbus_send(&format!("{CAPTURE}.StartRecording"), &["string:video"]);
-    assert!(text(&out.stderr).contains("Error.Hardware"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("Error.Hardware"),
+        "{}",
+        text(&out.stderr)
+    );
     // No audio configured.
-    let line = err_line(&d.rtmctl(&["capture", "record", "start", "--kind", "audio"]), 2);
+    let line = err_line(
+        &d.rtmctl(&["capture", "record", "start", "--kind", "audio"]),
+        2,
+    );
     assert!(line.contains("no audio source configured"), "{line}");
     assert_eq!(d.property(CAPTURE, "Artifacts"), "as 0");
 }
@@ -281,7 +345,10 @@ fn a_source_pipeline_serves_as_the_grabber() {
     let bars = bars_png(d.dir.path());
     ok_line(&d.rtmctl(&["capture", "compare", bars.to_str().unwrap()]));
     ok_line(&d.rtmctl(&["capture", "tone", "440"]));
-    err_line(&d.rtmctl(&["capture", "tone", "1000", "--timeout-ms", "300"]), 1);
+    err_line(
+        &d.rtmctl(&["capture", "tone", "1000", "--timeout-ms", "300"]),
+        1,
+    );
 }
 
 #[test]
@@ -294,7 +361,10 @@ fn the_quota_removes_the_oldest_snapshots() {
     let old = captures.join("old-recording.mkv");
     std::fs::write(&old, vec![0u8; 1 << 20]).unwrap();
     let snapshot = ok_line(&d.rtmctl(&["capture", "snapshot"]));
-    assert!(!old.exists(), "the oldest artifact is removed past the quota");
+    assert!(
+        !old.exists(),
+        "the oldest artifact is removed past the quota"
+    );
     assert!(Path::new(&snapshot).exists());
 }
 
@@ -349,6 +419,9 @@ fn a_full_disk_fails_the_snapshot_and_the_recording_says_why() {
         assert!(why.contains("storage failed"), "{why}");
     } else {
         let line = err_line(&started, 1);
-        assert!(line.contains("No space") || line.contains("disk full") || line.contains("out"), "{line}");
+        assert!(
+            line.contains("No space") || line.contains("disk full") || line.contains("out"),
+            "{line}"
+        );
     }
 }

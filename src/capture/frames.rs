@@ -34,11 +34,7 @@ impl Drop for Running {
 
 /// Builds `description`, configures its source, and sets it playing. A device that is
 /// missing or busy fails here, with GStreamer's own words.
-pub fn launch(
-    description: &str,
-    source: &Source,
-    medium: Medium,
-) -> Result<Running, CaptureError> {
+pub fn launch(description: &str, source: &Source, medium: Medium) -> Result<Running, CaptureError> {
     if let Some(device) = source.device()
         && !device.exists()
     {
@@ -50,15 +46,15 @@ pub fn launch(
     let element = gst::parse::launch(description).map_err(|e| {
         CaptureError::Device(format!("cannot build the pipeline `{description}`: {e}"))
     })?;
-    let pipeline = element.downcast::<gst::Pipeline>().map_err(|_| {
-        CaptureError::Device(format!("`{description}` is not a pipeline"))
-    })?;
+    let pipeline = element
+        .downcast::<gst::Pipeline>()
+        .map_err(|_| CaptureError::Device(format!("`{description}` is not a pipeline")))?;
     source.configure(&pipeline, medium);
     let running = Running(pipeline);
     if running.0.set_state(gst::State::Playing).is_err() {
-        return Err(CaptureError::Device(bus_error(&running.0).unwrap_or_else(|| {
-            "the source cannot start".to_string()
-        })));
+        return Err(CaptureError::Device(
+            bus_error(&running.0).unwrap_or_else(|| "the source cannot start".to_string()),
+        ));
     }
     Ok(running)
 }

@@ -103,8 +103,14 @@ impl Capture {
         });
         Ok(Capture {
             inner: Arc::new(Inner {
-                video: config.video.as_deref().map(|v| Source::parse(v, Medium::Video)),
-                audio: config.audio.as_deref().map(|a| Source::parse(a, Medium::Audio)),
+                video: config
+                    .video
+                    .as_deref()
+                    .map(|v| Source::parse(v, Medium::Video)),
+                audio: config
+                    .audio
+                    .as_deref()
+                    .map(|a| Source::parse(a, Medium::Audio)),
                 store,
                 recordings: Mutex::new(HashMap::new()),
                 status,
@@ -278,7 +284,7 @@ impl Capture {
         timeout: Duration,
     ) -> Result<bool, CaptureError> {
         let nyquist = f64::from(frames::AUDIO_RATE) / 2.0;
-        if !(freq > 0.0 && freq < nyquist) || !(0.0..nyquist).contains(&tolerance) {
+        if !(freq > 0.0 && freq < nyquist && (0.0..nyquist).contains(&tolerance)) {
             return Err(CaptureError::InvalidArgument(format!(
                 "freq_hz must be between 0 and {nyquist} Hz and tolerance_hz below it"
             )));
@@ -404,7 +410,11 @@ impl Capture {
         }
         let kinds = kinds(&recordings);
         drop(recordings);
-        tracing::info!(subsystem = "capture", "{} recording ended: {reason}", kind.as_str());
+        tracing::info!(
+            subsystem = "capture",
+            "{} recording ended: {reason}",
+            kind.as_str()
+        );
         self.inner.status.send_modify(|s| {
             s.recording = kinds;
             s.last_stop = format!("{}: {reason}", kind.as_str());

@@ -269,7 +269,11 @@ fn configure_sources(pipeline: &gst::Pipeline, video: Option<&Source>, audio: Op
 }
 
 fn check_devices(video: Option<&Source>, audio: Option<&Source>) -> Result<(), CaptureError> {
-    for device in [video, audio].into_iter().flatten().filter_map(Source::device) {
+    for device in [video, audio]
+        .into_iter()
+        .flatten()
+        .filter_map(Source::device)
+    {
         if !device.exists() {
             return Err(CaptureError::Device(format!(
                 "no such device: {}",

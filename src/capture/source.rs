@@ -125,7 +125,11 @@ impl Source {
                         }
                     });
                 if let Err(e) = spawned {
-                    tracing::warn!(subsystem = "capture", "cannot follow {}: {e}", file.display());
+                    tracing::warn!(
+                        subsystem = "capture",
+                        "cannot follow {}: {e}",
+                        file.display()
+                    );
                 }
             }
             Source::Pipeline(_) => {}

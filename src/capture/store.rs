@@ -148,9 +148,8 @@ pub(super) fn storage_words(e: io::Error) -> String {
 
 /// Reads a reference picture: a PNG file, any colour type, as RGB.
 pub fn read_png(path: &Path) -> Result<RgbImage, CaptureError> {
-    let bad = |why: String| {
-        CaptureError::BadReference(format!("reference {}: {why}", path.display()))
-    };
+    let bad =
+        |why: String| CaptureError::BadReference(format!("reference {}: {why}", path.display()));
     let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
     if !bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
         return Err(bad("not a PNG file".to_string()));

@@ -425,3 +425,69 @@ fn a_full_disk_fails_the_snapshot_and_the_recording_says_why() {
         );
     }
 }
+
+/// A black PNG, as the screen of a board that is off.
+fn black_png(dir: &Path) -> PathBuf {
+    let path = dir.join("black.png");
+    let out = Command::new("gst-launch-1.0")
+        .args([
+            "-q",
+            "videotestsrc",
+            "pattern=black",
+            "num-buffers=1",
+            "!",
+            "video/x-raw,width=160,height=120",
+            "!",
+            "videoconvert",
+            "!",
+            "pngenc",
+            "!",
+            "filesink",
+        ])
+        .arg(format!("location={}", path.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    path
+}
+
+#[test]
+fn the_simulated_board_shows_a_screen_and_plays_a_tone_once_powered_and_booted() {
+    let bus = Bus::start();
+    let dir = tempfile::tempdir().unwrap();
+    let screen = dir.path().join("screen");
+    let mut args = fast_board(dir.path(), "hdmi-box");
+    args.extend(["--board-screen".to_string(), screen.display().to_string()]);
+    let (_strip, port) = strip(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let config = format!(
+        "name = \"{BOARD}\"\n[power]\nbackend = \"egpms\"\nhost = \"127.0.0.1\"\nport = {port}\n\
+         outlet = 1\n[capture]\nvideo = \"sim:{0}\"\naudio = \"sim:{0}\"\ndir = \"{1}\"\n",
+        screen.display(),
+        dir.path().join("captures").display()
+    );
+    let d = Daemon::start(&bus, &config);
+    let bars = bars_png(d.dir.path());
+    let black = black_png(d.dir.path());
+    ok_line(&d.rtmctl(&["capture", "compare", black.to_str().unwrap()]));
+    err_line(&d.rtmctl(&["capture", "tone", "1000", "--timeout-ms", "300"]), 1);
+
+    ok_line(&d.rtmctl(&["power", "on"]));
+    let line = ok_line(&d.rtmctl(&[
+        "capture",
+        "wait-screen",
+        bars.to_str().unwrap(),
+        "--timeout-ms",
+        "60000",
+    ]));
+    assert!(line.contains("matches"), "{line}");
+    ok_line(&d.rtmctl(&["capture", "tone", "1000", "--timeout-ms", "20000"]));
+
+    ok_line(&d.rtmctl(&["power", "off"]));
+    ok_line(&d.rtmctl(&[
+        "capture",
+        "wait-screen",
+        black.to_str().unwrap(),
+        "--timeout-ms",
+        "60000",
+    ]));
+}

@@ -2,7 +2,8 @@
 //! a window of samples is, and whether it holds a tone.
 //!
 //! **Pictures** are compared as a structural similarity (SSIM) of small grayscale versions:
-//! both are scaled to [`GRID`]×[`GRID`] (a triangle filter, which averages capture noise and
+//! both are scaled to [`GRID`]×[`GRID`] (area averaging, then a triangle filter: both average
+//! capture noise and
 //! hides the scaling a grabber applies), then SSIM is taken over 8×8 windows and averaged.
 //! 1.0 is the same picture; unrelated pictures score near 0. Aspect ratio is not kept: a
 //! grabber that stretches 4:3 to 16:9 still matches its reference.
@@ -26,9 +27,15 @@ pub const TONE_SHARE: f64 = 0.5;
 /// Quieter windows never hold a tone (dither and hum are not tones).
 pub const TONE_FLOOR_DBFS: f64 = -60.0;
 
-/// Scales a picture to the comparison grid, in grayscale.
+/// Scales a picture to the comparison grid, in grayscale. Large pictures are first reduced
+/// by area averaging (`thumbnail`: fast, and it averages the noise away) to 4 grid sides.
 pub fn grid(picture: &RgbImage) -> GrayImage {
-    let gray = imageops::grayscale(picture);
+    let side = GRID * 4;
+    let gray = if picture.width() > side || picture.height() > side {
+        imageops::grayscale(&imageops::thumbnail(picture, side, side))
+    } else {
+        imageops::grayscale(picture)
+    };
     imageops::resize(&gray, GRID, GRID, FilterType::Triangle)
 }
 

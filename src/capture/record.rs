@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! source ! tee ! queue(vq) ! [jpegenc] ! matroskamux ! filesink
-//!            \-> leaky queue ! RGB ! appsink(vtap)      (snapshots and checks meanwhile)
+//!            \-> leaky queue ! 5 fps ! RGB ! appsink(vtap)  (snapshots and checks meanwhile)
 //! audio  ! tee ! queue(aq) ! flacenc  ! (the same matroskamux for `both`)
 //!            \-> leaky queue ! f32 mono 48 kHz ! appsink(atap)
 //! ```
@@ -30,6 +30,9 @@ use super::source::{Medium, Source};
 
 /// How long the muxer may take to write its index once EOS is sent.
 const FINALIZE: Duration = Duration::from_secs(10);
+/// Frames per second the video tap decodes and converts: enough for snapshots and screen
+/// checks, and a fraction of the CPU of converting every 1080p frame to RGB.
+const TAP_FPS: u32 = 5;
 /// How often the owner thread looks at the quota.
 const QUOTA_CHECK: Duration = Duration::from_secs(2);
 
@@ -161,7 +164,8 @@ fn build(
         let to_rgb = if mjpeg { "jpegdec ! " } else { "" };
         description.push_str(&format!(
             " {} ! tee name=vt ! queue name=vq ! {encode}mux. \
-             vt. ! queue leaky=downstream max-size-buffers=2 ! {to_rgb}videoconvert ! {RGB_CAPS} \
+             vt. ! queue leaky=downstream max-size-buffers=2 ! videorate drop-only=true \
+             max-rate={TAP_FPS} ! {to_rgb}videoconvert ! {RGB_CAPS} \
              ! appsink name=vtap max-buffers=1 drop=true sync=false async=false",
             source.describe(Medium::Video, mjpeg)
         ));

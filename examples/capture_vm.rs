@@ -49,8 +49,15 @@ fn main() {
                 Ok(_) => println!("SNAPSHOT-WHILE-RECORDING ok"),
                 Err(e) => println!("error snapshot while recording: {e}"),
             }
-            match capture.stop_recording(Kind::Video) {
-                Ok(_) => {
+            // Under TCG a 4K frame takes long to encode: a stop may outlast its bound, and
+            // the recording then ends on its own thread.
+            let stopped = capture.stop_recording(Kind::Video);
+            let waited = Instant::now();
+            while !capture.status().recording.is_empty() && waited.elapsed().as_secs() < 120 {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            match stopped {
+                Ok(_) | Err(rtmd::capture::CaptureError::Timeout(_)) => {
                     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
                     println!("RECORDED {size}");
                     println!("LASTSTOP {}", capture.status().last_stop);

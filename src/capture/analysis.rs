@@ -3,8 +3,8 @@
 //!
 //! **Pictures** are compared as a structural similarity (SSIM) of small grayscale versions:
 //! both are scaled to [`GRID`]×[`GRID`] (area averaging, then a triangle filter: both average
-//! capture noise and
-//! hides the scaling a grabber applies), then SSIM is taken over 8×8 windows and averaged.
+//! capture noise away and hide the scaling a grabber applies), then SSIM is taken over 8×8
+//! windows and averaged.
 //! 1.0 is the same picture; unrelated pictures score near 0. Aspect ratio is not kept: a
 //! grabber that stretches 4:3 to 16:9 still matches its reference.
 //!

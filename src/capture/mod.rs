@@ -357,7 +357,7 @@ impl Capture {
         // Checked again: another start may have won while this one opened the device.
         if recordings.keys().any(|k| k.overlaps(kind)) {
             drop(recordings);
-            recording.stop("superseded");
+            let _ = recording.stop("superseded");
             return Err(CaptureError::Busy(format!(
                 "a {} recording started meanwhile",
                 kind.as_str()
@@ -390,7 +390,12 @@ impl Capture {
                 }
             }
         };
-        recording.stop("stopped");
+        if !recording.stop("stopped") {
+            return Err(CaptureError::Timeout(format!(
+                "{} is still being finalized; `LastStop` says when it is done",
+                recording.path.display()
+            )));
+        }
         Ok(recording.path.clone())
     }
 
@@ -398,7 +403,13 @@ impl Capture {
     pub fn stop_all(&self, reason: &str) {
         let all: Vec<Recording> = self.recordings().values().cloned().collect();
         for recording in all {
-            recording.stop(reason);
+            if !recording.stop(reason) {
+                tracing::warn!(
+                    subsystem = "capture",
+                    "{} was not finalized in time",
+                    recording.path.display()
+                );
+            }
         }
     }
 

@@ -133,12 +133,16 @@ impl Recording {
         }
     }
 
-    /// Asks the owner thread to end the recording and waits until the file is finalized.
-    pub fn stop(&self, reason: &str) {
+    /// Asks the owner thread to end the recording and waits until the file is finalized;
+    /// false when that takes longer than the finalization bound (the thread carries on).
+    pub fn stop(&self, reason: &str) -> bool {
         let (done, finished) = mpsc::channel();
-        if self.control.send((reason.to_string(), done)).is_ok() {
-            let _ = finished.recv_timeout(FINALIZE + Duration::from_secs(5));
+        if self.control.send((reason.to_string(), done)).is_err() {
+            return true; // ended already
         }
+        finished
+            .recv_timeout(FINALIZE + Duration::from_secs(5))
+            .is_ok()
     }
 }
 

@@ -126,7 +126,7 @@ else
   gst=/usr/lib/x86_64-linux-gnu/gstreamer-1.0
   mkdir -p "$work/gst"
   plugins=()
-  for p in coreelements video4linux2 videoconvertscale app playback typefindfunctions jpeg \
+  for p in coreelements video4linux2 videoconvertscale videorate app playback typefindfunctions jpeg \
            matroska png; do
     cp "$gst/libgst$p.so" "$work/gst/"
     plugins+=("$gst/libgst$p.so")

@@ -18,7 +18,7 @@ fn main() {
         video: Some(device.clone()),
         audio: None,
         dir,
-        quota_bytes: 64 << 20,
+        quota_bytes: 256 << 20,
     }) {
         Ok(c) => c,
         Err(e) => {
@@ -62,7 +62,7 @@ fn main() {
                     println!("RECORDED {size}");
                     println!("LASTSTOP {}", capture.status().last_stop);
                 }
-                Err(e) => println!("error stop: {e}"),
+                Err(e) => println!("error stop: {e} (LastStop: {})", capture.status().last_stop),
             }
         }
         Err(e) => println!("error record: {e}"),

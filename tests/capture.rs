@@ -469,7 +469,10 @@ fn the_simulated_board_shows_a_screen_and_plays_a_tone_once_powered_and_booted()
     let bars = bars_png(d.dir.path());
     let black = black_png(d.dir.path());
     ok_line(&d.rtmctl(&["capture", "compare", black.to_str().unwrap()]));
-    err_line(&d.rtmctl(&["capture", "tone", "1000", "--timeout-ms", "300"]), 1);
+    err_line(
+        &d.rtmctl(&["capture", "tone", "1000", "--timeout-ms", "300"]),
+        1,
+    );
 
     ok_line(&d.rtmctl(&["power", "on"]));
     let line = ok_line(&d.rtmctl(&[

@@ -68,7 +68,12 @@ pub fn bus_error(pipeline: &gst::Pipeline) -> Option<String> {
                 .src()
                 .map(|s| format!("{}: ", s.name()))
                 .unwrap_or_default();
-            return Some(format!("{from}{}", e.error()));
+            // GStreamer's debug text says why a stream stopped ("reason not-negotiated").
+            let why = e
+                .debug()
+                .and_then(|d| d.lines().last().map(|l| format!(" ({})", l.trim())))
+                .unwrap_or_default();
+            return Some(format!("{from}{}{why}", e.error()));
         }
     }
     None

@@ -171,7 +171,7 @@ fn build(
              vt. ! queue leaky=downstream max-size-buffers=2 ! videorate drop-only=true \
              max-rate={TAP_FPS} ! {to_rgb}videoconvert ! {RGB_CAPS} \
              ! appsink name=vtap max-buffers=1 drop=true sync=false async=false",
-            source.describe(Medium::Video, mjpeg)
+            source.describe_for_recording(Medium::Video, mjpeg)
         ));
     }
     if let Some(source) = audio {

@@ -94,6 +94,16 @@ impl Source {
         }
     }
 
+    /// The source part of a recording: as [`Source::describe`], except that a V4L2 grabber's
+    /// raw frames go without `decodebin`, whose renegotiations mid-stream v4l2src cannot
+    /// follow with its buffers allocated (seen as `not-negotiated` with vivid).
+    pub fn describe_for_recording(&self, medium: Medium, mjpeg: bool) -> String {
+        match self {
+            Source::V4l2(_) if !mjpeg => format!("v4l2src name={SOURCE_NAME}"),
+            _ => self.describe(medium, mjpeg),
+        }
+    }
+
     /// Sets the device on the built pipeline's source element, and starts the sim watcher.
     pub fn configure(&self, pipeline: &gst::Pipeline, medium: Medium) {
         if let Some(element) = pipeline.by_name(SOURCE_NAME) {

@@ -62,18 +62,18 @@ PY
 per_minute() { python3 -c "print(f'{($1 - $2) * 60 / $secs:.1f}')"; }
 raw="video/x-raw,width=1920,height=1080,framerate=30/1"
 tap="vt. ! queue leaky=downstream max-size-buffers=2 ! videorate drop-only=true max-rate=5"
-sink="video/x-raw,format=RGB ! appsink max-buffers=1 drop=true sync=false"
+sink="video/x-raw,format=RGB ! appsink max-buffers=1 drop=true sync=false async=false"
 gst-launch-1.0 -q videotestsrc pattern=smpte horizontal-speed=4 num-buffers=$frames ! $raw \
   ! jpegenc quality=85 ! matroskamux ! filesink location="$work/mjpeg.mkv"
 # The grabber's MJPEG, delivered at its rate.
 grabber="filesrc location=$work/mjpeg.mkv ! matroskademux ! image/jpeg ! identity sync=true"
 base=$(cpu $grabber ! fakesink)
-pass=$(cpu $grabber ! tee name=vt ! queue ! matroskamux ! filesink location="$work/pass.mkv" \
+pass=$(cpu $grabber ! tee name=vt ! queue ! matroskamux ! filesink sync=false async=false location="$work/pass.mkv" \
   $tap ! jpegdec ! videoconvert ! $sink)
 live="videotestsrc is-live=true pattern=smpte horizontal-speed=4 num-buffers=$frames ! $raw"
 base_raw=$(cpu $live ! fakesink)
 enc=$(cpu $live ! videoconvert ! tee name=vt ! queue ! videoconvert ! jpegenc quality=85 \
-  ! matroskamux ! filesink location="$work/enc.mkv" $tap ! videoconvert ! $sink)
+  ! matroskamux ! filesink sync=false async=false location="$work/enc.mkv" $tap ! videoconvert ! $sink)
 echo "CPU s per minute of 1080p30, MJPEG passthrough:  $(per_minute "$pass" "$base") (source alone: $(per_minute "$base" 0))"
 echo "CPU s per minute of 1080p30, re-encoding (jpeg): $(per_minute "$enc" "$base_raw") (source alone: $(per_minute "$base_raw" 0))"
 echo "file sizes for $secs s: passthrough $(du -h "$work/pass.mkv" | cut -f1), re-encoded $(du -h "$work/enc.mkv" | cut -f1)"

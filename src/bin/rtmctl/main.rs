@@ -301,7 +301,45 @@ async fn status(c: &Client) -> Result<String, Failure> {
     Ok(line)
 }
 
+/// An interface's properties, from one `GetAll`.
+pub struct Props(HashMap<String, OwnedVariant>);
+
+impl Props {
+    fn get(&self, name: &str) -> Option<OwnedVariant> {
+        self.0.get(name).and_then(|v| v.try_clone().ok())
+    }
+
+    /// A string property; empty when missing.
+    pub fn text(&self, name: &str) -> String {
+        self.get(name)
+            .and_then(|v| String::try_from(v).ok())
+            .unwrap_or_default()
+    }
+
+    /// A boolean property; false when missing.
+    pub fn flag(&self, name: &str) -> bool {
+        self.get(name)
+            .and_then(|v| bool::try_from(v).ok())
+            .unwrap_or(false)
+    }
+
+    /// A `u` property; 0 when missing.
+    pub fn count(&self, name: &str) -> u32 {
+        self.get(name)
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(0)
+    }
+}
+
 impl Client {
+    /// All properties of `iface` on the board's object.
+    async fn properties(&self, iface: &str) -> Result<Props, Failure> {
+        let reply = self
+            .call("org.freedesktop.DBus.Properties", "GetAll", &(iface,))
+            .await?;
+        Ok(Props(reply.body().deserialize().map_err(|e| self.fail(e))?))
+    }
+
     async fn call<B>(&self, iface: &str, method: &str, body: &B) -> Result<zbus::Message, Failure>
     where
         B: serde::Serialize + zbus::DynamicType,

@@ -13,10 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
+use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::{Connection, ObjectServer, interface};
 use zbus::{OwnedObjectPath, Variant as Value};
 
+use super::access::Gate;
 use super::{Error, PATH};
 use crate::images::{self, FetchJob, JobState, Progress, Store};
 
@@ -52,34 +54,36 @@ pub struct ImagesIface {
     nbd: Option<crate::nbd::Nbd>,
     /// To refuse removing an image the USB gadget holds.
     claims: crate::claims::Claims,
+    gate: Gate,
     next_job: Arc<AtomicU64>,
     finished: Arc<Mutex<VecDeque<String>>>,
 }
 
 impl ImagesIface {
-    pub fn new(store: Store, nbd: Option<crate::nbd::Nbd>, claims: crate::claims::Claims) -> Self {
+    pub fn new(
+        store: Store,
+        nbd: Option<crate::nbd::Nbd>,
+        claims: crate::claims::Claims,
+        gate: Gate,
+    ) -> Self {
         ImagesIface {
             store,
             nbd,
             claims,
+            gate,
             next_job: Arc::new(AtomicU64::new(1)),
             finished: Arc::new(Mutex::new(VecDeque::new())),
         }
     }
 }
 
-#[interface(name = "org.rtmd.Dut1.Images")]
 impl ImagesIface {
-    /// Starts fetching `source` (http://, https://, file:// or an absolute path) into the
-    /// folder; `sha256` is the source's checksum ("" fetches without verifying). Returns the
-    /// job at once; bad arguments fail here, before a job exists.
-    #[zbus(out_args("job"))]
-    async fn fetch(
+    async fn start_fetch(
         &self,
         source: &str,
         sha256: &str,
-        #[zbus(object_server)] server: &ObjectServer,
-        #[zbus(connection)] connection: &Connection,
+        server: &ObjectServer,
+        connection: &Connection,
     ) -> Result<OwnedObjectPath, Error> {
         let job = self.store.fetch(source, Some(sha256))?;
         let n = self.next_job.fetch_add(1, Ordering::Relaxed);
@@ -100,19 +104,7 @@ impl ImagesIface {
         Ok(object_path)
     }
 
-    /// Every image: (name, size, allocated bytes, source sha256, source).
-    #[zbus(out_args("images"))]
-    async fn list(&self) -> Result<Vec<(String, u64, u64, String, String)>, Error> {
-        Ok(self
-            .store
-            .list()?
-            .into_iter()
-            .map(|i| (i.name, i.size, i.allocated, i.sha256, i.source))
-            .collect())
-    }
-
-    /// Removes an image (refuses names outside the folder).
-    async fn remove(&self, name: &str) -> Result<(), Error> {
+    async fn remove_image(&self, name: &str) -> Result<(), Error> {
         let (path, normalized) = self.store.resolve(name)?;
         if let Some((exported, _)) = self.nbd.as_ref().and_then(|n| n.exported())
             && exported == path
@@ -127,6 +119,61 @@ impl ImagesIface {
             )));
         }
         Ok(self.store.remove(name)?)
+    }
+}
+
+#[interface(name = "org.rtmd.Dut1.Images")]
+impl ImagesIface {
+    /// Starts fetching `source` (http://, https://, file:// or an absolute path) into the
+    /// folder; `sha256` is the source's checksum ("" fetches without verifying). Returns the
+    /// job at once; bad arguments fail here, before a job exists.
+    #[zbus(out_args("job"))]
+    async fn fetch(
+        &self,
+        source: &str,
+        sha256: &str,
+        #[zbus(object_server)] server: &ObjectServer,
+        #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] hdr: Header<'_>,
+    ) -> Result<OwnedObjectPath, Error> {
+        let args = format!(
+            "{}, sha256 {}",
+            crate::access::clip(source, 160),
+            crate::access::clip(sha256, 64)
+        );
+        self.gate
+            .run(
+                &hdr,
+                connection,
+                "Images.Fetch",
+                args,
+                self.start_fetch(source, sha256, server, connection),
+            )
+            .await
+    }
+
+    /// Every image: (name, size, allocated bytes, source sha256, source).
+    #[zbus(out_args("images"))]
+    async fn list(&self) -> Result<Vec<(String, u64, u64, String, String)>, Error> {
+        Ok(self
+            .store
+            .list()?
+            .into_iter()
+            .map(|i| (i.name, i.size, i.allocated, i.sha256, i.source))
+            .collect())
+    }
+
+    /// Removes an image (refuses names outside the folder).
+    async fn remove(
+        &self,
+        name: &str,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), Error> {
+        let args = crate::access::clip(name, 160);
+        self.gate
+            .run(&hdr, conn, "Images.Remove", args, self.remove_image(name))
+            .await
     }
 
     /// An image name -> (its absolute path, its normalized name); refuses what lies outside

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Lease figures of issue 8 (docs/BENCHMARKS.md):
+#  1. `rtmctl power on` end to end with nobody holding the board and with a lease held by the
+#     caller's own uid (the check passes either way; the second also reads the lease), runs
+#     interleaved by hyperfine so drift hits both alike; rtmd's power backend is `true`;
+#  2. the audit history's memory: rtmd's RSS before and after AUDIT_CALLS audited calls
+#     (the ring's default capacity is 1000 records), beside the computed bound.
+# Needs hyperfine and dbus-daemon. Usage: bench/access.sh [RUNS] [PROFILE: release|debug]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${1:-300}
+PROFILE=${2:-release}
+AUDIT_CALLS=${AUDIT_CALLS:-3000}
+if [ "$PROFILE" = release ]; then cargo build --release --locked -q; B=target/release; else cargo build --locked -q; B=target/debug; fi
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+wait_for() { for _ in $(seq 200); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.05; done; echo "timeout waiting for $2 in $1" >&2; cat "$1" >&2; exit 1; }
+
+dbus-daemon --session --nofork --nopidfile --print-address=1 --address="unix:path=$work/bus" > "$work/bus.addr" 2>&1 &
+pids+=($!)
+wait_for "$work/bus.addr" unix:path
+addr=$(head -1 "$work/bus.addr")
+cat > "$work/b.toml" <<CONF
+name = "bench"
+[power]
+backend = "command"
+on_command = "true"
+off_command = "true"
+CONF
+RUST_LOG=warn "$B/rtmd" --config "$work/b.toml" --bus-address "$addr" --log stderr > "$work/rtmd.log" 2>&1 &
+rtmd_pid=$!
+pids+=($rtmd_pid)
+for _ in $(seq 100); do "$B/rtmctl" --bus-address "$addr" --dut bench power status >/dev/null 2>&1 && break; sleep 0.05; done
+ctl="$B/rtmctl --bus-address $addr --dut bench"
+
+echo "== 1. rtmctl power on, $RUNS runs each, interleaved in 10 rounds ($PROFILE build)"
+# hyperfine runs one command's runs in a block: alternate short blocks of each instead, so
+# that drift (other work on the machine) hits both alike.
+per=$((RUNS / 10))
+for round in $(seq 10); do
+  "$ctl" release >/dev/null
+  hyperfine -N --runs "$per" --warmup 5 --export-json "$work/free-$round.json" "$ctl power on" >/dev/null
+  "$ctl" hold --ttl 1h bench >/dev/null
+  hyperfine -N --runs "$per" --warmup 5 --export-json "$work/held-$round.json" "$ctl power on" >/dev/null
+done
+"$ctl" release >/dev/null
+python3 - "$work" <<'PY'
+import glob, json, sys, statistics as st
+def times(kind):
+    return sorted(t for f in glob.glob(f"{sys.argv[1]}/{kind}-*.json")
+                  for t in json.load(open(f))["results"][0]["times"])
+for kind, name in (("free", "no lease"), ("held", "lease held by the caller")):
+    t = times(kind)
+    print(f"{name:>26}: median {st.median(t)*1e3:.2f} ms, p95 {t[int(len(t)*.95)]*1e3:.2f} ms ({len(t)} runs)")
+d = st.median(times("held")) - st.median(times("free"))
+print(f"difference of medians: {d*1e6:+.0f} us")
+PY
+
+echo "== 2. audit history memory"
+rss() { awk '/VmRSS/ {print $2}' "/proc/$rtmd_pid/status"; }
+"$ctl" release >/dev/null 2>&1 || true
+before=$(rss)
+seq "$AUDIT_CALLS" | xargs -P 4 -n 50 sh -c 'for i; do '"$ctl"' power on >/dev/null; done' _
+after=$(rss)
+records=$("$ctl" audit | wc -l)
+echo "RSS before ${before} KiB, after ${AUDIT_CALLS} more audited calls ${after} KiB; the ring holds ${records} records"

@@ -421,7 +421,8 @@ pub fn is_admin(uid: u32, admin_group: Option<&str>) -> bool {
 pub struct AuditEntry {
     pub time: SystemTime,
     pub uid: Option<u32>,
-    /// The holder's label at the time of the call, empty when nobody held the board.
+    /// The holder at the time of the call (label and uid), empty when nobody held the
+    /// board; at most [`AuditEntry::MAX_TEXT`] bytes.
     pub holder: String,
     /// `Interface.Method`, e.g. `Power.On`.
     pub method: &'static str,
@@ -432,12 +433,10 @@ pub struct AuditEntry {
 }
 
 impl AuditEntry {
-    /// Longest `args` and `result`; `holder` is at most [`MAX_LABEL_CEILING`] characters.
+    /// Longest `holder`, `args` and `result`, in bytes (their allocations are exact).
     pub const MAX_TEXT: usize = 256;
-    /// The most one record can take: the struct and its three strings at their longest
-    /// (a label character is at most 4 bytes of UTF-8).
-    pub const MAX_BYTES: usize =
-        std::mem::size_of::<AuditEntry>() + 2 * AuditEntry::MAX_TEXT + 4 * MAX_LABEL_CEILING;
+    /// The most one record can take: the struct and its three strings at their longest.
+    pub const MAX_BYTES: usize = std::mem::size_of::<AuditEntry>() + 3 * AuditEntry::MAX_TEXT;
 
     pub fn new(
         uid: Option<u32>,
@@ -449,7 +448,7 @@ impl AuditEntry {
         AuditEntry {
             time: SystemTime::now(),
             uid,
-            holder: holder.to_string(),
+            holder: clip(holder, Self::MAX_TEXT),
             method,
             args: clip(args, Self::MAX_TEXT),
             result: clip(result, Self::MAX_TEXT),
@@ -478,6 +477,8 @@ pub fn clip(s: &str, max: usize) -> String {
             break;
         }
     }
+    // The audit ring's bound counts bytes in use: no spare capacity behind them.
+    out.shrink_to_fit();
     out
 }
 

@@ -208,7 +208,10 @@ fn unit_verify_check_catches_a_broken_unit() {
 #[test]
 fn unit_exposure_is_at_most_2_5() {
     let level = exposure(&read_repo_file(UNIT));
-    assert!(level <= MAX_EXPOSURE, "{UNIT}: exposure {level} > {MAX_EXPOSURE}");
+    assert!(
+        level <= MAX_EXPOSURE,
+        "{UNIT}: exposure {level} > {MAX_EXPOSURE}"
+    );
 }
 
 /// The gadget drop-in runs the daemon as root (without capabilities): still at most 2.5.
@@ -224,7 +227,10 @@ fn unit_with_the_gadget_drop_in_exposure_is_at_most_2_5() {
     assert!(settings.contains("User=root") && settings.contains("DeviceAllow=char-hidg rw"));
     // A drop-in's settings come after the unit's: appending them to [Service] is the same.
     let combined = unit.replacen("\n[Install]", &format!("\n{settings}\n[Install]"), 1);
-    assert!(verify_complaints(&combined).is_empty(), "{GADGET_DROP_IN} does not verify");
+    assert!(
+        verify_complaints(&combined).is_empty(),
+        "{GADGET_DROP_IN} does not verify"
+    );
     let level = exposure(&combined);
     assert!(
         level <= MAX_EXPOSURE,

@@ -173,7 +173,14 @@ fn audit_ring_is_bounded() {
 fn audit_text_is_clipped_and_escaped() {
     let e = AuditEntry::new(None, "", "Console.Send", &"y".repeat(10_000), "ok");
     assert!(e.args.len() <= AuditEntry::MAX_TEXT);
+    assert_eq!(e.args.capacity(), e.args.len());
     assert!(e.args.ends_with("..."));
+    let e = AuditEntry::new(None, &"h".repeat(5000), "Power.On", "", "ok");
+    assert!(e.holder.len() <= AuditEntry::MAX_TEXT);
+    assert_eq!(
+        AuditEntry::MAX_BYTES,
+        std::mem::size_of::<AuditEntry>() + 768
+    );
     assert_eq!(clip("a\nb", 100), "a\\nb");
     assert_eq!(clip("abcdef", 5), "ab...");
     assert_eq!(clip("abcde", 5), "abcde");

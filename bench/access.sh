@@ -3,15 +3,20 @@
 #  1. `rtmctl power on` end to end with nobody holding the board and with a lease held by the
 #     caller's own uid (the check passes either way; the second also reads the lease), runs
 #     interleaved by hyperfine so drift hits both alike; rtmd's power backend is `true`;
+#     With BASE_RTMD=path (an rtmd built from the commit before leases), also the same call
+#     against that daemon, in the same rounds: the whole cost of the check and the audit;
 #  2. the audit history's memory: rtmd's RSS before and after AUDIT_CALLS audited calls
 #     (the ring's default capacity is 1000 records), beside the computed bound.
-# Needs hyperfine and dbus-daemon. Usage: bench/access.sh [RUNS] [PROFILE: release|debug]
+# Needs hyperfine and dbus-daemon. Usage: [BASE_RTMD=...] [BIN_DIR=...] bench/access.sh [RUNS]
+# [PROFILE: release|debug]; BIN_DIR takes rtmd and rtmctl from there instead of building.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-300}
 PROFILE=${2:-release}
 AUDIT_CALLS=${AUDIT_CALLS:-3000}
-if [ "$PROFILE" = release ]; then cargo build --release --locked -q; B=target/release; else cargo build --locked -q; B=target/debug; fi
+if [ -n "${BIN_DIR:-}" ]; then B=$BIN_DIR
+elif [ "$PROFILE" = release ]; then cargo build --release --locked -q; B=target/release
+else cargo build --locked -q; B=target/debug; fi
 
 work=$(mktemp -d)
 pids=()
@@ -35,35 +40,52 @@ rtmd_pid=$!
 pids+=($rtmd_pid)
 for _ in $(seq 100); do "$B/rtmctl" --bus-address "$addr" --dut bench power status >/dev/null 2>&1 && break; sleep 0.05; done
 ctl="$B/rtmctl --bus-address $addr --dut bench"
+if [ -n "${BASE_RTMD:-}" ]; then
+  dbus-daemon --session --nofork --nopidfile --print-address=1 --address="unix:path=$work/bus0" > "$work/bus0.addr" 2>&1 &
+  pids+=($!)
+  wait_for "$work/bus0.addr" unix:path
+  addr0=$(head -1 "$work/bus0.addr")
+  RUST_LOG=warn "$BASE_RTMD" --config "$work/b.toml" --bus-address "$addr0" --log stderr > "$work/rtmd0.log" 2>&1 &
+  pids+=($!)
+  base="$B/rtmctl --bus-address $addr0 --dut bench"
+  for _ in $(seq 100); do $base power status >/dev/null 2>&1 && break; sleep 0.05; done
+fi
 
 echo "== 1. rtmctl power on, $RUNS runs each, interleaved in 10 rounds ($PROFILE build)"
 # hyperfine runs one command's runs in a block: alternate short blocks of each instead, so
 # that drift (other work on the machine) hits both alike.
 per=$((RUNS / 10))
 for round in $(seq 10); do
-  "$ctl" release >/dev/null
+  $ctl release >/dev/null
   hyperfine -N --runs "$per" --warmup 5 --export-json "$work/free-$round.json" "$ctl power on" >/dev/null
-  "$ctl" hold --ttl 1h bench >/dev/null
+  $ctl hold --ttl 1h bench >/dev/null
   hyperfine -N --runs "$per" --warmup 5 --export-json "$work/held-$round.json" "$ctl power on" >/dev/null
+  if [ -n "${BASE_RTMD:-}" ]; then
+    hyperfine -N --runs "$per" --warmup 5 --export-json "$work/base-$round.json" "$base power on" >/dev/null
+  fi
 done
-"$ctl" release >/dev/null
+$ctl release >/dev/null
 python3 - "$work" <<'PY'
 import glob, json, sys, statistics as st
 def times(kind):
     return sorted(t for f in glob.glob(f"{sys.argv[1]}/{kind}-*.json")
                   for t in json.load(open(f))["results"][0]["times"])
-for kind, name in (("free", "no lease"), ("held", "lease held by the caller")):
+for kind, name in (("base", "rtmd before leases"), ("free", "no lease"), ("held", "lease held by the caller")):
     t = times(kind)
+    if not t:
+        continue
     print(f"{name:>26}: median {st.median(t)*1e3:.2f} ms, p95 {t[int(len(t)*.95)]*1e3:.2f} ms ({len(t)} runs)")
 d = st.median(times("held")) - st.median(times("free"))
-print(f"difference of medians: {d*1e6:+.0f} us")
+print(f"held - no lease, medians: {d*1e6:+.0f} us")
+if times("base"):
+    print(f"no lease - before leases, medians: {(st.median(times('free')) - st.median(times('base')))*1e6:+.0f} us")
 PY
 
 echo "== 2. audit history memory"
 rss() { awk '/VmRSS/ {print $2}' "/proc/$rtmd_pid/status"; }
-"$ctl" release >/dev/null 2>&1 || true
+$ctl release >/dev/null 2>&1 || true
 before=$(rss)
 seq "$AUDIT_CALLS" | xargs -P 4 -n 50 sh -c 'for i; do '"$ctl"' power on >/dev/null; done' _
 after=$(rss)
-records=$("$ctl" audit | wc -l)
+records=$($ctl audit | wc -l)
 echo "RSS before ${before} KiB, after ${AUDIT_CALLS} more audited calls ${after} KiB; the ring holds ${records} records"

@@ -81,11 +81,14 @@ if times("base"):
     print(f"no lease - before leases, medians: {(st.median(times('free')) - st.median(times('base')))*1e6:+.0f} us")
 PY
 
-echo "== 2. audit history memory"
-rss() { awk '/VmRSS/ {print $2}' "/proc/$rtmd_pid/status"; }
-$ctl release >/dev/null 2>&1 || true
-before=$(rss)
-seq "$AUDIT_CALLS" | xargs -P 4 -n 50 sh -c 'for i; do '"$ctl"' power on >/dev/null; done' _
-after=$(rss)
-records=$($ctl audit | wc -l)
-echo "RSS before ${before} KiB, after ${AUDIT_CALLS} more audited calls ${after} KiB; the ring holds ${records} records"
+echo "== 2. audit history memory (a fresh rtmd, ring capacity 1000)"
+sed 's/^name = "bench"/name = "bench2"/' "$work/b.toml" > "$work/b2.toml"
+RUST_LOG=warn "$B/rtmd" --config "$work/b2.toml" --bus-address "$addr" --log stderr > "$work/rtmd2.log" 2>&1 &
+pid2=$!
+pids+=($pid2)
+ctl2="$B/rtmctl --bus-address $addr --dut bench2"
+for _ in $(seq 100); do $ctl2 power status >/dev/null 2>&1 && break; sleep 0.05; done
+rss() { awk '/VmRSS/ {print $2}' "/proc/$pid2/status"; }
+calls() { seq "$1" | xargs -P 4 -n 50 sh -c 'for i; do '"$ctl2"' power on >/dev/null; done' _; }
+r0=$(rss); calls 1000; r1=$(rss); calls 2000; r2=$(rss); calls 2000; r3=$(rss)
+echo "RSS: fresh ${r0} KiB; after 1000 audited calls (ring full) ${r1} KiB; after 3000 ${r2} KiB; after 5000 ${r3} KiB; records held: $($ctl2 audit | wc -l)"

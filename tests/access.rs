@@ -73,7 +73,21 @@ fn a_lease_refuses_other_uids_and_lets_everyone_read() {
     // Nobody holds it: everybody the bus admits may switch.
     ok_line(&rtmctl_as_nobody(&d, &["power", "on"]));
 
+    let monitor = {
+        let mut cmd = Command::new("busctl");
+        cmd.arg(format!("--address={}", bus.address)).args([
+            "monitor",
+            "--match",
+            "type='signal',interface='org.freedesktop.DBus.Properties',path='/org/rtmd/Dut1'",
+        ]);
+        Proc::spawn("busctl monitor", cmd, true)
+    };
+    monitor.wait_line("Monitoring");
     let line = ok_line(&d.rtmctl(&["hold", "--ttl", "2h", "bisecting a boot regression"]));
+    // The lease properties are signalled.
+    monitor.wait_line("\"bisecting a boot regression\"");
+    monitor.wait_line("HolderUid");
+    monitor.wait_line("Expires");
     assert!(line.starts_with("lab-1: held by you until "), "{line}");
     let who = ok_line(&rtmctl_as_nobody(&d, &["who"]));
     assert!(
@@ -360,4 +374,121 @@ fn a_peer_to_peer_caller_without_credentials_is_refused() {
         assert_eq!(records.len(), 1);
         assert_eq!((records[0].uid, records[0].method), (None, "Acquire"));
     });
+}
+
+/// `dbus-send` to the board as nobody: Err(the error line) on an error reply.
+fn dbus_send_as_nobody(d: &Daemon, member: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new("setpriv")
+        .args([
+            format!("--reuid={NOBODY}"),
+            format!("--regid={NOBODY}"),
+            "--clear-groups".to_string(),
+            "dbus-send".to_string(),
+            format!("--bus={}", d.bus),
+            "--print-reply".to_string(),
+            format!("--dest={}", rtmd::bus::bus_name(&d.board)),
+            "/org/rtmd/Dut1".to_string(),
+            member.to_string(),
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(text(&out.stdout))
+    } else {
+        Err(text(&out.stderr))
+    }
+}
+
+#[test]
+fn every_mutating_method_of_every_interface_is_refused_to_others() {
+    need_root();
+    let bus = Bus::start_open();
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    let configfs = dir.path().join("configfs");
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::create_dir_all(configfs.join("usb_gadget")).unwrap();
+    std::fs::create_dir_all(configfs.join("udc")).unwrap();
+    std::fs::write(configfs.join("udc").join("dummy_udc.0"), "").unwrap();
+    std::fs::write(images.join("disk.img"), vec![0u8; 1 << 20]).unwrap();
+    let extra = format!(
+        "[images]\ndir = \"images\"\n[nbd]\nlisten = \"127.0.0.1:{}\"\n\
+         [storage]\nconfigfs = \"{}\"\nkeyboard = true\nkey_delay_ms = 0\n",
+        free_port(),
+        configfs.display()
+    );
+    let config = board("lab-1", &extra, dir.path());
+    let d = Daemon::start_in(&bus, &config, dir);
+    ok_line(&d.rtmctl(&["hold", "--ttl", "1h", "gate test"]));
+    let calls: &[(&str, &[&str])] = &[
+        ("org.rtmd.Dut1.Power.On", &[]),
+        ("org.rtmd.Dut1.Power.Off", &[]),
+        ("org.rtmd.Dut1.Power.Cycle", &["uint32:0"]),
+        ("org.rtmd.Dut1.Power.SetVoltage", &["double:5"]),
+        ("org.rtmd.Dut1.Power.SetCurrentLimit", &["double:1"]),
+        ("org.rtmd.Dut1.Power.ApplyProfile", &["string:low"]),
+        ("org.rtmd.Dut1.Console.Send", &["array:byte:65,10"]),
+        ("org.rtmd.Dut1.Console.SendBreak", &[]),
+        ("org.rtmd.Dut1.Console.Attach", &[]),
+        (
+            "org.rtmd.Dut1.Images.Fetch",
+            &["string:/etc/hostname", "string:"],
+        ),
+        ("org.rtmd.Dut1.Images.Remove", &["string:disk.img"]),
+        (
+            "org.rtmd.Dut1.Nbd.Export",
+            &["string:disk.img", "string:ro"],
+        ),
+        ("org.rtmd.Dut1.Nbd.Unexport", &[]),
+        ("org.rtmd.Dut1.Nbd.ResetOverlay", &[]),
+        (
+            "org.rtmd.Dut1.Storage.Attach",
+            &["string:disk.img", "string:ro"],
+        ),
+        (
+            "org.rtmd.Dut1.Storage.AttachLun",
+            &["uint32:0", "string:disk.img", "string:ro"],
+        ),
+        ("org.rtmd.Dut1.Storage.Detach", &[]),
+        ("org.rtmd.Dut1.Storage.Eject", &[]),
+        ("org.rtmd.Dut1.Keyboard.Type", &["string:reboot"]),
+        (
+            "org.rtmd.Dut1.Keyboard.Press",
+            &["array:string:ctrl,alt,delete"],
+        ),
+        ("org.rtmd.Dut1.Renew", &["uint32:60"]),
+        ("org.rtmd.Dut1.Release", &[]),
+    ];
+    for (member, args) in calls {
+        let err = dbus_send_as_nobody(&d, member, args).expect_err(member);
+        assert!(
+            err.contains("org.rtmd.Dut1.Error.Leased") && err.contains("gate test"),
+            "{member}: {err}"
+        );
+    }
+    // Nothing happened: the image is there, nothing exported or attached, power untouched.
+    assert!(d.dir.path().join("images/disk.img").exists());
+    assert_eq!(d.property("org.rtmd.Dut1.Nbd", "Exported"), "b false");
+    assert_eq!(d.property("org.rtmd.Dut1.Storage", "Attached"), "b false");
+    assert_eq!(power_file(&d), "");
+    // Reads stay open to nobody.
+    assert!(dbus_send_as_nobody(&d, "org.rtmd.Dut1.Images.List", &[]).is_ok());
+    assert!(
+        dbus_send_as_nobody(
+            &d,
+            "org.rtmd.Dut1.Console.WaitFor",
+            &["string:never", "uint32:1"]
+        )
+        .is_err_and(|e| e.contains("Timeout"))
+    );
+    let out = d.rtmctl(&["audit"]);
+    let audit = text(&out.stdout);
+    for (member, _) in calls {
+        let short = member.trim_start_matches("org.rtmd.Dut1.");
+        assert!(
+            audit.contains(&format!("nobody (65534) {short}(")),
+            "{short} not audited:\n{audit}"
+        );
+    }
 }

@@ -92,7 +92,13 @@ impl ImagesIface {
             .map_err(|e| Error::Hardware(format!("job path {path}: {e}")))?;
         let progress = job.progress();
         server
-            .at(path.as_str(), JobIface { job })
+            .at(
+                path.as_str(),
+                JobIface {
+                    job,
+                    gate: self.gate.clone(),
+                },
+            )
             .await
             .map_err(|e| Error::Hardware(format!("cannot serve the job {path}: {e}")))?;
         tokio::spawn(follow(
@@ -202,6 +208,7 @@ impl ImagesIface {
 /// One fetch job on the bus.
 pub struct JobIface {
     job: FetchJob,
+    gate: Gate,
 }
 
 impl JobIface {
@@ -214,8 +221,17 @@ impl JobIface {
 impl JobIface {
     /// Stops the fetch; it finishes as `cancelled` and leaves nothing behind. No effect on
     /// a finished job.
-    async fn cancel(&self) {
-        self.job.cancel();
+    async fn cancel(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), Error> {
+        self.gate
+            .run(&hdr, conn, "Images.Job.Cancel", String::new(), async {
+                self.job.cancel();
+                Ok(())
+            })
+            .await
     }
 
     /// `running`, `done`, `failed` or `cancelled`.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
+use crate::access::{Access, Ended, OnRelease};
 use crate::bus;
 use crate::capture::Capture;
 use crate::claims::Claims;
@@ -32,6 +33,8 @@ pub struct Board {
     pub capture: Option<Capture>,
     /// Images the USB gadget holds, so NBD never exports one writable meanwhile.
     pub claims: Claims,
+    /// Who holds the board, checked by every mutating D-Bus method; and the audit trail.
+    pub gate: bus::Gate,
 }
 
 impl Board {
@@ -98,6 +101,10 @@ impl Board {
             Some(c) => Some(Capture::start(c).map_err(|e| format!("[capture]: {e}"))?),
             None => None,
         };
+        let (access, ended) = Access::new(config.access.clone());
+        access.spawn_expiry();
+        let gate = bus::Gate::new(access);
+        spawn_lease_ends(ended, gate.clone(), power.clone());
         if let (Some(api), Some(power)) = (&config.pdudaemon_api, &power) {
             pdu_api::start(api, power.clone()).await?;
         }
@@ -110,6 +117,7 @@ impl Board {
             storage,
             capture,
             claims,
+            gate,
         })
     }
 
@@ -139,7 +147,7 @@ impl Board {
 
     /// The root D-Bus object of this board.
     pub fn dut(&self) -> bus::Dut {
-        bus::Dut::new(self.name(), self.subsystems())
+        bus::Dut::new(self.name(), self.subsystems(), self.gate.clone())
     }
 
     /// Reads the initial power state in the background: a read, never a switch.
@@ -206,6 +214,46 @@ impl Board {
             ),
         }
     }
+}
+
+/// Acts on every lease that ends: logs and records it, and with `on_release = "off"`
+/// switches the board off, so the next holder finds it as a fresh job would.
+fn spawn_lease_ends(
+    mut ended: tokio::sync::mpsc::UnboundedReceiver<Ended>,
+    gate: bus::Gate,
+    power: Option<Power>,
+) {
+    tokio::spawn(async move {
+        while let Some(Ended { lease, reason }) = ended.recv().await {
+            info!(
+                subsystem = "access",
+                "lease of {:?} (uid {}) {}",
+                lease.holder,
+                lease.uid,
+                reason.as_str()
+            );
+            let off = gate.access().config().on_release == OnRelease::Off;
+            let result = match (&power, off) {
+                (Some(p), true) => p.off().await.map(|_| ()).map_err(bus::Error::from),
+                _ => Ok(()),
+            };
+            let what = if off && power.is_some() {
+                "power off (on_release = off)"
+            } else {
+                ""
+            };
+            gate.audit(
+                Some(lease.uid),
+                match reason {
+                    crate::access::EndReason::Expired => "Lease.Expired",
+                    crate::access::EndReason::Released => "Lease.Released",
+                    crate::access::EndReason::ForceReleased => "Lease.ForceReleased",
+                },
+                &format!("{:?} {what}", crate::access::clip(&lease.holder, 80)),
+                &result.as_ref().map(|_| ()),
+            );
+        }
+    });
 }
 
 /// The one-line summary for `systemctl status` (`STATUS=`).

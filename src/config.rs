@@ -17,6 +17,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use crate::access::{AccessConfig, OnRelease};
+
 /// A configuration mistake, located in its file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -55,6 +57,8 @@ pub struct Config {
     pub nbd: Option<NbdConfig>,
     pub storage: Option<StorageConfig>,
     pub capture: Option<CaptureConfig>,
+    /// Leases and the audit history (`[access]`; defaults when the section is absent).
+    pub access: AccessConfig,
     /// Sections of the config contract that a later subsystem will own; kept so that a
     /// complete lab config validates today. The daemon warns that they are not served yet.
     pub pending_sections: Vec<&'static str>,
@@ -316,7 +320,7 @@ struct RawConfig {
     nbd: Option<Spanned<RawNbd>>,
     storage: Option<Spanned<RawStorage>>,
     capture: Option<Spanned<RawCapture>>,
-    access: Option<RawAccess>,
+    access: Option<Spanned<RawAccess>>,
     pdudaemon_api: Option<Spanned<RawPduApi>>,
 }
 
@@ -428,10 +432,12 @@ struct RawCapture {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
 struct RawAccess {
     admin_group: S<String>,
     on_release: S<String>,
+    max_ttl_s: S<u64>,
+    max_label: S<u64>,
+    audit_entries: S<u64>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -609,10 +615,11 @@ fn validate(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         Some(section) => Some(validate_capture(cx, section)?),
         None => None,
     };
-    let pending_sections = [("access", raw.access.is_some())]
-        .into_iter()
-        .filter_map(|(name, present)| present.then_some(name))
-        .collect();
+    let access = match &raw.access {
+        Some(section) => validate_access(cx, section.get_ref())?,
+        None => AccessConfig::default(),
+    };
+    let pending_sections: Vec<&'static str> = Vec::new();
     Ok(Config {
         path: cx.path.to_path_buf(),
         name: raw.name.into_inner(),
@@ -623,9 +630,72 @@ fn validate(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         nbd,
         storage,
         capture,
+        access,
         pending_sections,
         warnings,
     })
+}
+
+fn validate_access(cx: &Cx<'_>, a: &RawAccess) -> Result<AccessConfig, ConfigError> {
+    let defaults = AccessConfig::default();
+    let admin_group = match &a.admin_group {
+        Some(g) if !valid_group_name(g.get_ref()) => {
+            return Err(cx.at(
+                g,
+                format!("`admin_group` {:?} is not a group name", g.get_ref()),
+            ));
+        }
+        Some(g) => Some(g.get_ref().clone()),
+        None => None,
+    };
+    let on_release = choose(
+        cx,
+        &a.on_release,
+        "on_release",
+        OnRelease::Keep,
+        &[("keep", OnRelease::Keep), ("off", OnRelease::Off)],
+    )?;
+    let bounded = |v: &S<u64>, key: &str, max: u64, default: u64| match v {
+        Some(n) if *n.get_ref() == 0 || *n.get_ref() > max => {
+            Err(cx.at(n, format!("`{key}` must be between 1 and {max}")))
+        }
+        Some(n) => Ok(*n.get_ref()),
+        None => Ok(default),
+    };
+    let max_ttl = bounded(
+        &a.max_ttl_s,
+        "max_ttl_s",
+        crate::access::MAX_TTL_CEILING.as_secs(),
+        defaults.max_ttl.as_secs(),
+    )?;
+    let max_label = bounded(
+        &a.max_label,
+        "max_label",
+        crate::access::MAX_LABEL_CEILING as u64,
+        defaults.max_label as u64,
+    )?;
+    let audit_entries = bounded(
+        &a.audit_entries,
+        "audit_entries",
+        crate::access::AUDIT_ENTRIES_CEILING as u64,
+        defaults.audit_entries as u64,
+    )?;
+    Ok(AccessConfig {
+        admin_group,
+        on_release,
+        max_ttl: Duration::from_secs(max_ttl),
+        // Both are below their ceilings (a few thousand), so they fit any usize.
+        max_label: max_label as usize,
+        audit_entries: audit_entries as usize,
+    })
+}
+
+/// A POSIX-ish group name as groupadd accepts it: `[a-z_][a-z0-9_-]*`, at most 32 bytes.
+fn valid_group_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        && name.len() <= 32
 }
 
 /// Picks one of `choices` (config word, value) for an optional string key.

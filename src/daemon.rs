@@ -46,6 +46,7 @@ pub async fn run(config: Config, bus_choice: &BusChoice) -> ExitCode {
         board.storage.clone(),
         board.claims.clone(),
         board.capture.clone(),
+        board.gate.clone(),
     )
     .await
     {

@@ -1,6 +1,7 @@
 //! rtmd: the per-board dispatcher daemon. Each module below is one part of
 //! `docs/architecture.md`; `board` wires them together.
 
+pub mod access;
 pub mod board;
 pub mod bus;
 pub mod capture;

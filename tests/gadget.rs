@@ -29,7 +29,11 @@ fn rig(bus: &Bus, udcs: &[&str], storage_extra: &str, extra: &str) -> Rig {
     for udc in udcs {
         std::fs::write(configfs.join("udc").join(udc), "").unwrap();
     }
-    std::fs::write(images.join("disk.img"), noise(1 << 20)).unwrap();
+    std::fs::write(
+        images.join("disk.img"),
+        noise(1 << 20, 0x9e37_79b9_7f4a_7c15),
+    )
+    .unwrap();
     let config = format!(
         "name = \"{BOARD}\"\n[images]\ndir = \"images\"\n[storage]\nconfigfs = \"{}\"\n\
          keyboard = true\nkey_delay_ms = 0\n{storage_extra}\n{extra}",
@@ -41,18 +45,6 @@ fn rig(bus: &Bus, udcs: &[&str], storage_extra: &str, extra: &str) -> Rig {
         images: images.canonicalize().unwrap(),
         configfs,
     }
-}
-
-fn noise(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 impl Rig {
@@ -324,7 +316,11 @@ fn an_image_is_never_writable_through_the_gadget_and_nbd_at_once() {
         "",
         &format!("[nbd]\nlisten = \"127.0.0.1:{port}\""),
     );
-    std::fs::write(r.images.join("other.img"), noise(4096)).unwrap();
+    std::fs::write(
+        r.images.join("other.img"),
+        noise(4096, 0x9e37_79b9_7f4a_7c15),
+    )
+    .unwrap();
 
     // NBD exports it writable: the gadget refuses it in any mode.
     ok_line(&r.d.rtmctl(&["nbd", "export", "disk.img", "--cow"]));

@@ -26,19 +26,6 @@ fn daemon(bus: &Bus, extra: &str) -> (Daemon, PathBuf) {
     (d, images)
 }
 
-/// Pseudo-random bytes (xorshift), reproducible.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 /// An image with data, a large zero region (which must become a hole), and data again.
 fn disk_image(path: &Path) -> Vec<u8> {
     let mut data = noise(1 << 20, 7);

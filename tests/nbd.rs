@@ -37,19 +37,6 @@ fn config_text(port: u16, extra: &str) -> String {
     )
 }
 
-/// Pseudo-random bytes (xorshift), reproducible.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 /// A disk image: data, a hole of 8 MiB, data, and a partial last block.
 fn image(path: &Path) -> Vec<u8> {
     let mut data = noise(1 << 20, 3);

@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
+use zbus::message::Header;
 use zbus::{Connection, interface};
 
+use super::access::{Gate, bytes_summary};
 use super::{Error, PATH};
 use crate::console::{Console, ConsoleError};
 
@@ -23,24 +25,43 @@ impl From<ConsoleError> for Error {
 
 pub struct ConsoleIface {
     console: Console,
+    gate: Gate,
 }
 
 impl ConsoleIface {
-    pub fn new(console: Console) -> Self {
-        ConsoleIface { console }
+    pub fn new(console: Console, gate: Gate) -> Self {
+        ConsoleIface { console, gate }
     }
 }
 
 #[interface(name = "org.rtmd.Dut1.Console")]
 impl ConsoleIface {
     /// Sends bytes to the board as they are.
-    async fn send(&self, data: Vec<u8>) -> Result<(), Error> {
-        Ok(self.console.send(data.into()).await?)
+    async fn send(
+        &self,
+        data: Vec<u8>,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), Error> {
+        let args = bytes_summary(&data);
+        self.gate
+            .run(&hdr, conn, "Console.Send", args, async {
+                Ok(self.console.send(data.into()).await?)
+            })
+            .await
     }
 
     /// Holds the line low for 250 ms (a serial break: SysRq on Linux, stop on some monitors).
-    async fn send_break(&self) -> Result<(), Error> {
-        Ok(self.console.send_break().await?)
+    async fn send_break(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), Error> {
+        self.gate
+            .run(&hdr, conn, "Console.SendBreak", String::new(), async {
+                Ok(self.console.send_break().await?)
+            })
+            .await
     }
 
     /// Waits until the board's output from now on matches `regex`; returns the match.
@@ -52,14 +73,24 @@ impl ConsoleIface {
             .await?)
     }
 
-    /// A socket connected to the console as a raw client (extension).
+    /// A socket connected to the console as a raw client (extension). It writes to the
+    /// board, so it is a mutating call: refused to others while the board is held. A socket
+    /// handed out before a lease was taken stays connected (docs/access.md).
     #[zbus(out_args("socket"))]
-    async fn attach(&self) -> Result<zbus::OwnedFd, Error> {
-        let stream = self
-            .console
-            .attach()
-            .map_err(|e| Error::Hardware(format!("cannot create a console socket: {e}")))?;
-        Ok(std::os::fd::OwnedFd::from(stream).into())
+    async fn attach(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<zbus::OwnedFd, Error> {
+        self.gate
+            .run(&hdr, conn, "Console.Attach", String::new(), async {
+                let stream = self
+                    .console
+                    .attach()
+                    .map_err(|e| Error::Hardware(format!("cannot create a console socket: {e}")))?;
+                Ok(std::os::fd::OwnedFd::from(stream).into())
+            })
+            .await
     }
 
     #[zbus(property(emits_changed_signal = "const"))]

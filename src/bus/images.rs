@@ -13,10 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
+use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::{Connection, ObjectServer, interface};
 use zbus::{OwnedObjectPath, Variant as Value};
 
+use super::access::Gate;
 use super::{Error, PATH};
 use crate::images::{self, FetchJob, JobState, Progress, Store};
 
@@ -52,19 +54,77 @@ pub struct ImagesIface {
     nbd: Option<crate::nbd::Nbd>,
     /// To refuse removing an image the USB gadget holds.
     claims: crate::claims::Claims,
+    gate: Gate,
     next_job: Arc<AtomicU64>,
     finished: Arc<Mutex<VecDeque<String>>>,
 }
 
 impl ImagesIface {
-    pub fn new(store: Store, nbd: Option<crate::nbd::Nbd>, claims: crate::claims::Claims) -> Self {
+    pub fn new(
+        store: Store,
+        nbd: Option<crate::nbd::Nbd>,
+        claims: crate::claims::Claims,
+        gate: Gate,
+    ) -> Self {
         ImagesIface {
             store,
             nbd,
             claims,
+            gate,
             next_job: Arc::new(AtomicU64::new(1)),
             finished: Arc::new(Mutex::new(VecDeque::new())),
         }
+    }
+}
+
+impl ImagesIface {
+    async fn start_fetch(
+        &self,
+        source: &str,
+        sha256: &str,
+        server: &ObjectServer,
+        connection: &Connection,
+    ) -> Result<OwnedObjectPath, Error> {
+        let job = self.store.fetch(source, Some(sha256))?;
+        let n = self.next_job.fetch_add(1, Ordering::Relaxed);
+        let path = format!("{PATH}/Images/Jobs/{n}");
+        let object_path = OwnedObjectPath::try_from(path.clone())
+            .map_err(|e| Error::Hardware(format!("job path {path}: {e}")))?;
+        let progress = job.progress();
+        server
+            .at(
+                path.as_str(),
+                JobIface {
+                    job,
+                    gate: self.gate.clone(),
+                },
+            )
+            .await
+            .map_err(|e| Error::Hardware(format!("cannot serve the job {path}: {e}")))?;
+        tokio::spawn(follow(
+            connection.clone(),
+            path,
+            progress,
+            self.finished.clone(),
+        ));
+        Ok(object_path)
+    }
+
+    async fn remove_image(&self, name: &str) -> Result<(), Error> {
+        let (path, normalized) = self.store.resolve(name)?;
+        if let Some((exported, _)) = self.nbd.as_ref().and_then(|n| n.exported())
+            && exported == path
+        {
+            return Err(Error::Busy(format!(
+                "{normalized} is exported over NBD; unexport it first"
+            )));
+        }
+        if self.claims.get(&path).is_some() {
+            return Err(Error::Busy(format!(
+                "{normalized} is attached as USB storage; detach it first (usbg-ms off)"
+            )));
+        }
+        Ok(self.store.remove(name)?)
     }
 }
 
@@ -80,24 +140,22 @@ impl ImagesIface {
         sha256: &str,
         #[zbus(object_server)] server: &ObjectServer,
         #[zbus(connection)] connection: &Connection,
+        #[zbus(header)] hdr: Header<'_>,
     ) -> Result<OwnedObjectPath, Error> {
-        let job = self.store.fetch(source, Some(sha256))?;
-        let n = self.next_job.fetch_add(1, Ordering::Relaxed);
-        let path = format!("{PATH}/Images/Jobs/{n}");
-        let object_path = OwnedObjectPath::try_from(path.clone())
-            .map_err(|e| Error::Hardware(format!("job path {path}: {e}")))?;
-        let progress = job.progress();
-        server
-            .at(path.as_str(), JobIface { job })
+        let args = format!(
+            "{}, sha256 {}",
+            crate::access::clip(source, 160),
+            crate::access::clip(sha256, 64)
+        );
+        self.gate
+            .run(
+                &hdr,
+                connection,
+                "Images.Fetch",
+                args,
+                self.start_fetch(source, sha256, server, connection),
+            )
             .await
-            .map_err(|e| Error::Hardware(format!("cannot serve the job {path}: {e}")))?;
-        tokio::spawn(follow(
-            connection.clone(),
-            path,
-            progress,
-            self.finished.clone(),
-        ));
-        Ok(object_path)
     }
 
     /// Every image: (name, size, allocated bytes, source sha256, source).
@@ -112,21 +170,16 @@ impl ImagesIface {
     }
 
     /// Removes an image (refuses names outside the folder).
-    async fn remove(&self, name: &str) -> Result<(), Error> {
-        let (path, normalized) = self.store.resolve(name)?;
-        if let Some((exported, _)) = self.nbd.as_ref().and_then(|n| n.exported())
-            && exported == path
-        {
-            return Err(Error::Busy(format!(
-                "{normalized} is exported over NBD; unexport it first"
-            )));
-        }
-        if self.claims.get(&path).is_some() {
-            return Err(Error::Busy(format!(
-                "{normalized} is attached as USB storage; detach it first (usbg-ms off)"
-            )));
-        }
-        Ok(self.store.remove(name)?)
+    async fn remove(
+        &self,
+        name: &str,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), Error> {
+        let args = crate::access::clip(name, 160);
+        self.gate
+            .run(&hdr, conn, "Images.Remove", args, self.remove_image(name))
+            .await
     }
 
     /// An image name -> (its absolute path, its normalized name); refuses what lies outside
@@ -155,6 +208,7 @@ impl ImagesIface {
 /// One fetch job on the bus.
 pub struct JobIface {
     job: FetchJob,
+    gate: Gate,
 }
 
 impl JobIface {
@@ -167,8 +221,17 @@ impl JobIface {
 impl JobIface {
     /// Stops the fetch; it finishes as `cancelled` and leaves nothing behind. No effect on
     /// a finished job.
-    async fn cancel(&self) {
-        self.job.cancel();
+    async fn cancel(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), Error> {
+        self.gate
+            .run(&hdr, conn, "Images.Job.Cancel", String::new(), async {
+                self.job.cancel();
+                Ok(())
+            })
+            .await
     }
 
     /// `running`, `done`, `failed` or `cancelled`.

@@ -6,6 +6,7 @@
 //! the subsystem, and translates the result.
 
 mod capture;
+pub mod access;
 mod console;
 mod dut;
 mod images;
@@ -23,6 +24,7 @@ use crate::console::Console;
 use crate::images::Store;
 use crate::power::{Power, PowerError};
 
+pub use access::Gate;
 pub use dut::Dut;
 
 /// The object path every board serves.
@@ -83,6 +85,9 @@ pub enum Error {
     NotFound(String),
     #[zbus(name = "freedesktop.DBus.Error.InvalidArgs")]
     InvalidArgs(String),
+    /// A caller without credentials, or a `ForceRelease` by someone who is not an admin.
+    #[zbus(name = "freedesktop.DBus.Error.AccessDenied")]
+    AccessDenied(String),
 }
 
 impl From<PowerError> for Error {
@@ -129,6 +134,7 @@ pub async fn serve(
     storage: Option<crate::gadget::Storage>,
     claims: crate::claims::Claims,
     capture: Option<crate::capture::Capture>,
+    gate: Gate,
 ) -> Result<Connection, ConnectError> {
     let board = dut.name().to_string();
     let name = bus_name(&board);
@@ -139,26 +145,30 @@ pub async fn serve(
     };
     let mut builder = bus.builder().serve_at(PATH, dut);
     if let Some(p) = &power {
-        builder = builder.serve_at(PATH, power::PowerIface::new(p.clone()));
+        builder = builder.serve_at(PATH, power::PowerIface::new(p.clone(), gate.clone()));
     }
     if let Some(c) = &console {
-        builder = builder.serve_at(PATH, console::ConsoleIface::new(c.clone()));
+        builder = builder.serve_at(PATH, console::ConsoleIface::new(c.clone(), gate.clone()));
     }
     if let Some(s) = &images {
         builder = builder.serve_at(
             PATH,
-            images::ImagesIface::new(s.clone(), nbd.clone(), claims.clone()),
+            images::ImagesIface::new(s.clone(), nbd.clone(), claims.clone(), gate.clone()),
         );
         if let Some(n) = &nbd {
             builder = builder.serve_at(
                 PATH,
-                nbd::NbdIface::new(n.clone(), s.clone(), claims.clone()),
+                nbd::NbdIface::new(n.clone(), s.clone(), claims.clone(), gate.clone()),
             );
         }
         if let Some(g) = &storage {
-            builder = builder.serve_at(PATH, storage::StorageIface::new(g.clone(), s.clone()));
+            builder = builder.serve_at(
+                PATH,
+                storage::StorageIface::new(g.clone(), s.clone(), gate.clone()),
+            );
             if g.has_keyboard() {
-                builder = builder.serve_at(PATH, keyboard::KeyboardIface::new(g.clone()));
+                builder =
+                    builder.serve_at(PATH, keyboard::KeyboardIface::new(g.clone(), gate.clone()));
             }
         }
     }
@@ -181,6 +191,9 @@ pub async fn serve(
         },
         other => fail(other),
     })?;
+    dut::spawn_change_signals(&connection, gate)
+        .await
+        .map_err(fail)?;
     if let Some(p) = power {
         power::spawn_change_signals(&connection, p)
             .await

@@ -1,8 +1,10 @@
 //! `org.rtmd.Dut1.Nbd`: exports an image of the image folder over NBD, `ro` or `cow`, and
 //! resets the overlay. One export at a time; the same export again returns the same URI.
 
+use zbus::message::Header;
 use zbus::{Connection, interface};
 
+use super::access::Gate;
 use super::{Error, PATH};
 use crate::claims::Claims;
 use crate::images::Store;
@@ -23,24 +25,22 @@ pub struct NbdIface {
     images: Store,
     /// What the USB gadget holds: an image is never writable there and here at once.
     claims: Claims,
+    gate: Gate,
 }
 
 impl NbdIface {
-    pub fn new(nbd: Nbd, images: Store, claims: Claims) -> Self {
+    pub fn new(nbd: Nbd, images: Store, claims: Claims, gate: Gate) -> Self {
         NbdIface {
             nbd,
             images,
             claims,
+            gate,
         }
     }
 }
 
-#[interface(name = "org.rtmd.Dut1.Nbd")]
 impl NbdIface {
-    /// Exports `image` (a name in the image folder) with `mode` `ro` or `cow`; returns the
-    /// `nbd://` URI a client connects to.
-    #[zbus(out_args("uri"))]
-    async fn export(&self, image: &str, mode: &str) -> Result<String, Error> {
+    async fn export_image(&self, image: &str, mode: &str) -> Result<String, Error> {
         let mode = Mode::parse(mode).ok_or_else(|| {
             Error::InvalidArgs(format!("mode {mode:?}: expected \"ro\" or \"cow\""))
         })?;
@@ -66,20 +66,65 @@ impl NbdIface {
         .map_err(|e| Error::Hardware(e.to_string()))?
         .map_err(Error::from)
     }
+}
+
+#[interface(name = "org.rtmd.Dut1.Nbd")]
+impl NbdIface {
+    /// Exports `image` (a name in the image folder) with `mode` `ro` or `cow`; returns the
+    /// `nbd://` URI a client connects to.
+    #[zbus(out_args("uri"))]
+    async fn export(
+        &self,
+        image: &str,
+        mode: &str,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<String, Error> {
+        let args = format!(
+            "{}, {}",
+            crate::access::clip(image, 120),
+            crate::access::clip(mode, 8)
+        );
+        self.gate
+            .run(
+                &hdr,
+                conn,
+                "Nbd.Export",
+                args,
+                self.export_image(image, mode),
+            )
+            .await
+    }
 
     /// Withdraws the export, disconnecting its clients; the overlay is kept. Nothing
     /// exported is not an error (an undo step may run twice).
-    async fn unexport(&self) -> Result<(), Error> {
-        match self.nbd.unexport().await {
-            Ok(()) | Err(NbdServerError::NotExported) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+    async fn unexport(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), Error> {
+        self.gate
+            .run(&hdr, conn, "Nbd.Unexport", String::new(), async {
+                match self.nbd.unexport().await {
+                    Ok(()) | Err(NbdServerError::NotExported) => Ok(()),
+                    Err(e) => Err(e.into()),
+                }
+            })
+            .await
     }
 
     /// Discards what clients wrote to the current `cow` export: its clients are
     /// disconnected, and it reads as the pristine image again.
-    async fn reset_overlay(&self) -> Result<(), Error> {
-        Ok(self.nbd.reset_overlay().await?)
+    async fn reset_overlay(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), Error> {
+        self.gate
+            .run(&hdr, conn, "Nbd.ResetOverlay", String::new(), async {
+                Ok(self.nbd.reset_overlay().await?)
+            })
+            .await
     }
 
     #[zbus(property)]

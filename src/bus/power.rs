@@ -4,22 +4,37 @@
 
 use std::time::Duration;
 
+use zbus::message::Header;
 use zbus::{Connection, interface};
 
+use super::access::Gate;
 use super::{Error, MAX_CYCLE_OFF, PATH};
 use crate::power::{Power, PowerStatus};
 
 pub struct PowerIface {
     power: Power,
+    gate: Gate,
 }
 
 impl PowerIface {
-    pub fn new(power: Power) -> Self {
-        PowerIface { power }
+    pub fn new(power: Power, gate: Gate) -> Self {
+        PowerIface { power, gate }
     }
 
     fn status(&self) -> PowerStatus {
         self.power.status()
+    }
+
+    async fn cycle_for(&self, off_ms: u32) -> Result<(), Error> {
+        let off = Duration::from_millis(u64::from(off_ms));
+        if off > MAX_CYCLE_OFF {
+            return Err(Error::InvalidArgs(format!(
+                "off_ms {off_ms} is longer than {} s",
+                MAX_CYCLE_OFF.as_secs()
+            )));
+        }
+        self.power.cycle((off_ms > 0).then_some(off)).await?;
+        Ok(())
     }
 
     /// A supply-only property: an error on a plain switch (GetAll then leaves it out).
@@ -37,27 +52,48 @@ impl PowerIface {
 #[interface(name = "org.rtmd.Dut1.Power")]
 impl PowerIface {
     /// Switches on; returns when the hardware reports on.
-    async fn on(&self) -> Result<(), Error> {
-        self.power.on().await?;
-        Ok(())
+    async fn on(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), Error> {
+        self.gate
+            .run(&hdr, conn, "Power.On", String::new(), async {
+                self.power.on().await?;
+                Ok(())
+            })
+            .await
     }
 
-    async fn off(&self) -> Result<(), Error> {
-        self.power.off().await?;
-        Ok(())
+    async fn off(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), Error> {
+        self.gate
+            .run(&hdr, conn, "Power.Off", String::new(), async {
+                self.power.off().await?;
+                Ok(())
+            })
+            .await
     }
 
     /// Off, wait `off_ms` (0: the configured `cycle_off_ms`), on.
-    async fn cycle(&self, off_ms: u32) -> Result<(), Error> {
-        let off = Duration::from_millis(u64::from(off_ms));
-        if off > MAX_CYCLE_OFF {
-            return Err(Error::InvalidArgs(format!(
-                "off_ms {off_ms} is longer than {} s",
-                MAX_CYCLE_OFF.as_secs()
-            )));
-        }
-        self.power.cycle((off_ms > 0).then_some(off)).await?;
-        Ok(())
+    async fn cycle(
+        &self,
+        off_ms: u32,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), Error> {
+        self.gate
+            .run(
+                &hdr,
+                conn,
+                "Power.Cycle",
+                format!("{off_ms} ms"),
+                self.cycle_for(off_ms),
+            )
+            .await
     }
 
     /// Reads the state from the hardware without switching (an extension of the contract).
@@ -66,17 +102,53 @@ impl PowerIface {
         Ok(self.power.refresh().await?.as_str().to_string())
     }
 
-    async fn set_voltage(&self, volts: f64) -> Result<(), Error> {
-        Ok(self.power.set_voltage(volts).await?)
+    async fn set_voltage(
+        &self,
+        volts: f64,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), Error> {
+        self.gate
+            .run(
+                &hdr,
+                conn,
+                "Power.SetVoltage",
+                format!("{volts} V"),
+                async { Ok(self.power.set_voltage(volts).await?) },
+            )
+            .await
     }
 
-    async fn set_current_limit(&self, amps: f64) -> Result<(), Error> {
-        Ok(self.power.set_current_limit(amps).await?)
+    async fn set_current_limit(
+        &self,
+        amps: f64,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), Error> {
+        self.gate
+            .run(
+                &hdr,
+                conn,
+                "Power.SetCurrentLimit",
+                format!("{amps} A"),
+                async { Ok(self.power.set_current_limit(amps).await?) },
+            )
+            .await
     }
 
     #[zbus(out_args("volts"))]
-    async fn apply_profile(&self, name: &str) -> Result<f64, Error> {
-        Ok(self.power.apply_profile(name).await?)
+    async fn apply_profile(
+        &self,
+        name: &str,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<f64, Error> {
+        let args = crate::access::clip(name, 64);
+        self.gate
+            .run(&hdr, conn, "Power.ApplyProfile", args, async {
+                Ok(self.power.apply_profile(name).await?)
+            })
+            .await
     }
 
     #[zbus(property)]

@@ -2,8 +2,10 @@
 //! image folder into the board's USB disk (`ro`, or `cow` on a private copy), `Eject` takes
 //! the medium out without unplugging, `Detach` unplugs the gadget (docs/storage.md).
 
+use zbus::message::Header;
 use zbus::{Connection, interface};
 
+use super::access::Gate;
 use super::{Error, PATH};
 use crate::gadget::{GadgetError, Mode, Storage};
 use crate::images::Store;
@@ -24,11 +26,16 @@ impl From<GadgetError> for Error {
 pub struct StorageIface {
     storage: Storage,
     images: Store,
+    gate: Gate,
 }
 
 impl StorageIface {
-    pub fn new(storage: Storage, images: Store) -> Self {
-        StorageIface { storage, images }
+    pub fn new(storage: Storage, images: Store, gate: Gate) -> Self {
+        StorageIface {
+            storage,
+            images,
+            gate,
+        }
     }
 
     async fn attach_lun(&self, lun: u32, image: &str, mode: &str) -> Result<(), Error> {
@@ -47,25 +54,80 @@ impl StorageIface {
 impl StorageIface {
     /// Attaches `image` (a name in the image folder, or an absolute path inside it) to
     /// LUN 0, `ro` or `cow`. Something attached already is `Busy`.
-    async fn attach(&self, image: &str, mode: &str) -> Result<(), Error> {
-        self.attach_lun(0, image, mode).await
+    async fn attach(
+        &self,
+        image: &str,
+        mode: &str,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), Error> {
+        let args = format!(
+            "{}, {}",
+            crate::access::clip(image, 120),
+            crate::access::clip(mode, 8)
+        );
+        self.gate
+            .run(
+                &hdr,
+                conn,
+                "Storage.Attach",
+                args,
+                self.attach_lun(0, image, mode),
+            )
+            .await
     }
 
     /// `Attach` for another LUN (extension; `[storage] luns`).
     #[zbus(name = "AttachLun")]
-    async fn attach_to_lun(&self, lun: u32, image: &str, mode: &str) -> Result<(), Error> {
-        self.attach_lun(lun, image, mode).await
+    async fn attach_to_lun(
+        &self,
+        lun: u32,
+        image: &str,
+        mode: &str,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), Error> {
+        let args = format!(
+            "lun {lun}, {}, {}",
+            crate::access::clip(image, 120),
+            crate::access::clip(mode, 8)
+        );
+        self.gate
+            .run(
+                &hdr,
+                conn,
+                "Storage.AttachLun",
+                args,
+                self.attach_lun(lun, image, mode),
+            )
+            .await
     }
 
     /// Unplugs the gadget (mass storage and keyboard); a cow copy is discarded. Nothing
     /// attached is `NotFound` (rtmctl usbg-ms off takes that as done).
-    async fn detach(&self) -> Result<(), Error> {
-        Ok(self.storage.detach().await?)
+    async fn detach(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), Error> {
+        self.gate
+            .run(&hdr, conn, "Storage.Detach", String::new(), async {
+                Ok(self.storage.detach().await?)
+            })
+            .await
     }
 
     /// Takes the medium out of LUN 0 without unplugging: the board sees an empty drive.
-    async fn eject(&self) -> Result<(), Error> {
-        Ok(self.storage.eject(0).await?)
+    async fn eject(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), Error> {
+        self.gate
+            .run(&hdr, conn, "Storage.Eject", String::new(), async {
+                Ok(self.storage.eject(0).await?)
+            })
+            .await
     }
 
     #[zbus(property)]

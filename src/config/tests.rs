@@ -315,3 +315,39 @@ fn capture_mistakes_are_located() {
     let e = err("name = \"b\"\n[capture]\nvideo = \"/dev/video0\"\ndir = \"/c\"\n  fps = 30\n");
     assert_eq!((e.line, e.column), (5, 3));
 }
+
+#[test]
+fn access_section_is_served_with_defaults() {
+    let c = parse_str("name = \"b\"\n").unwrap();
+    assert_eq!(c.access.on_release, OnRelease::Keep);
+    assert!(c.access.admin_group.is_none());
+    assert_eq!(c.access.max_ttl, Duration::from_secs(7 * 24 * 3600));
+    let c = parse_str(
+        "name = \"b\"\n[access]\nadmin_group = \"rtm-admin\"\non_release = \"off\"\n\
+         max_ttl_s = 3600\nmax_label = 50\naudit_entries = 10\n",
+    )
+    .unwrap();
+    assert!(!c.pending_sections.contains(&"access"));
+    let a = c.access;
+    assert_eq!(a.admin_group.as_deref(), Some("rtm-admin"));
+    assert_eq!(a.on_release, OnRelease::Off);
+    assert_eq!(
+        (a.max_ttl, a.max_label, a.audit_entries),
+        (Duration::from_secs(3600), 50, 10)
+    );
+}
+
+#[test]
+fn access_mistakes_are_located() {
+    let e = err("name = \"b\"\n[access]\non_release = \"later\"\n");
+    assert_eq!((e.line, e.column), (3, 14));
+    assert!(e.message.contains("\"keep\", \"off\""), "{e}");
+    let e = err("name = \"b\"\n[access]\nmax_ttl_s = 0\n");
+    assert_eq!((e.line, e.column), (3, 13));
+    let e = err("name = \"b\"\n[access]\nmax_label = 100000\n");
+    assert!(e.message.contains("between 1 and 1024"), "{e}");
+    let e = err("name = \"b\"\n[access]\nadmin_group = \"Bad Group\"\n");
+    assert!(e.message.contains("not a group name"), "{e}");
+    let e = err("name = \"b\"\n[access]\nholders = 2\n");
+    assert!(e.message.contains("unknown field `holders`"), "{e}");
+}

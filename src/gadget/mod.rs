@@ -60,31 +60,8 @@ pub enum GadgetError {
     Timeout(String),
 }
 
-/// How a LUN presents its image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Read-only: the LUN is the image itself, and the board cannot write.
-    Ro,
-    /// The board writes to a private copy; the image stays pristine.
-    Cow,
-}
-
-impl Mode {
-    pub fn parse(s: &str) -> Option<Mode> {
-        match s {
-            "ro" => Some(Mode::Ro),
-            "cow" => Some(Mode::Cow),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Ro => "ro",
-            Mode::Cow => "cow",
-        }
-    }
-}
+/// `ro`: the LUN is the image itself, read-only; `cow`: the board writes to a private copy.
+pub use crate::images::Mode;
 
 /// `[storage]`, resolved.
 #[derive(Debug, Clone)]

@@ -33,6 +33,32 @@ pub use fetch::{FetchJob, JobState, Progress};
 const STATE_DIR: &str = ".rtmd";
 
 /// Why an image operation failed.
+/// How a subsystem lends an image to the board: read-only, or copy-on-write (the board
+/// writes, the image stays byte-identical: the NBD server keeps an overlay, USB storage a
+/// private copy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Ro,
+    Cow,
+}
+
+impl Mode {
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s {
+            "ro" => Some(Mode::Ro),
+            "cow" => Some(Mode::Cow),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Ro => "ro",
+            Mode::Cow => "cow",
+        }
+    }
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     #[error("{0}")]

@@ -14,31 +14,8 @@ use nix::unistd::{Whence, lseek};
 use super::overlay::{CLUSTER, Overlay};
 use super::proto;
 
-/// How an image is exported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Read-only: writes are refused with EPERM.
-    Ro,
-    /// Copy-on-write: writes land in an overlay; the image stays byte-identical.
-    Cow,
-}
-
-impl Mode {
-    pub fn parse(s: &str) -> Option<Mode> {
-        match s {
-            "ro" => Some(Mode::Ro),
-            "cow" => Some(Mode::Cow),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Ro => "ro",
-            Mode::Cow => "cow",
-        }
-    }
-}
+/// `ro`: writes are refused with EPERM; `cow`: writes land in the overlay.
+pub use crate::images::Mode;
 
 /// A piece of a READ reply: `len` bytes of `file` from `offset`.
 pub struct Segment {

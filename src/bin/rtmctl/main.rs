@@ -8,6 +8,7 @@ mod capture;
 mod console;
 mod image;
 mod keyboard;
+mod lease;
 mod nbd;
 mod usbg;
 
@@ -40,6 +41,18 @@ struct Args {
     /// Give up on a call after this many seconds.
     #[arg(long, default_value_t = 120)]
     timeout: u64,
+    /// Take (or renew) the board's lease with this label before the command: how LAVA
+    /// hooks hold the board for a job. Held by another uid: exit 3.
+    #[arg(long, env = "RTM_HOLD", value_name = "LABEL")]
+    hold: Option<String>,
+    /// How long --hold holds the board after this command (renewed by every command).
+    #[arg(long, env = "RTM_HOLD_TTL", value_name = "DURATION", default_value = "1h",
+          value_parser = humantime::parse_duration)]
+    hold_ttl: Duration,
+    /// Release the board's lease after the command (whatever its result): the end of a
+    /// LAVA job.
+    #[arg(long)]
+    release: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -87,6 +100,29 @@ enum Command {
     Keyboard {
         #[command(subcommand)]
         action: keyboard::KeyboardAction,
+    },
+    /// Take the board for your uid: others' changes are refused until you release it or
+    /// the ttl runs out. Held by you already: renews.
+    Hold {
+        /// How long, e.g. 30m, 2h.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// Who or what holds it: "bisecting a boot regression".
+        label: String,
+    },
+    /// Give the board back.
+    Release {
+        /// End whoever's lease (root and the board's admin_group).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Who holds the board.
+    Who,
+    /// The board's recent mutating calls: who, what, result.
+    Audit {
+        /// Only the last DURATION (e.g. 10m, 1h).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<Duration>,
     },
     /// The board's HDMI and audio capture: snapshots, recordings, screen and tone checks.
     Capture {
@@ -216,13 +252,32 @@ async fn run(args: &Args) -> Result<Outcome, Failure> {
         bus,
         board: args.dut.clone(),
     };
+    if let Some(label) = &args.hold {
+        lease::hold(&client, label, args.hold_ttl).await?;
+    }
+    let outcome = command(&client, args).await;
+    if args.release {
+        let released = lease::release(&client, false).await;
+        // The command's own failure says more than a failed release after it.
+        if let (Ok(_), Err(f)) = (&outcome, released) {
+            return Err(f);
+        }
+    }
+    outcome
+}
+
+async fn command(client: &Client, args: &Args) -> Result<Outcome, Failure> {
     match &args.command {
-        Command::Power { action } => power(&client, action).await.map(Outcome::Line),
-        Command::Image { action } => image::run(&client, action).await.map(Outcome::Line),
-        Command::Nbd { action } => nbd::run(&client, action).await.map(Outcome::Line),
-        Command::UsbgMs { action } => usbg::run(&client, action).await.map(Outcome::Line),
-        Command::Keyboard { action } => keyboard::run(&client, action).await.map(Outcome::Line),
-        Command::Capture { action } => capture::run(&client, action).await.map(Outcome::Line),
+        Command::Hold { ttl, label } => lease::hold(client, label, *ttl).await.map(Outcome::Line),
+        Command::Release { force } => lease::release(client, *force).await.map(Outcome::Line),
+        Command::Who => lease::who(client).await.map(Outcome::Line),
+        Command::Audit { since } => lease::audit(client, *since).await.map(Outcome::Line),
+        Command::Power { action } => power(client, action).await.map(Outcome::Line),
+        Command::Image { action } => image::run(client, action).await.map(Outcome::Line),
+        Command::Nbd { action } => nbd::run(client, action).await.map(Outcome::Line),
+        Command::UsbgMs { action } => usbg::run(client, action).await.map(Outcome::Line),
+        Command::Keyboard { action } => keyboard::run(client, action).await.map(Outcome::Line),
+        Command::Capture { action } => capture::run(client, action).await.map(Outcome::Line),
         Command::Console { log: false, .. } => {
             let reply = client.call(CONSOLE, "Attach", &()).await?;
             let fd: zbus::OwnedFd = reply.body().deserialize().map_err(|e| client.fail(e))?;
@@ -308,7 +363,45 @@ async fn status(c: &Client) -> Result<String, Failure> {
     Ok(line)
 }
 
+/// An interface's properties, from one `GetAll`.
+pub struct Props(HashMap<String, OwnedVariant>);
+
+impl Props {
+    fn get(&self, name: &str) -> Option<OwnedVariant> {
+        self.0.get(name).and_then(|v| v.try_clone().ok())
+    }
+
+    /// A string property; empty when missing.
+    pub fn text(&self, name: &str) -> String {
+        self.get(name)
+            .and_then(|v| String::try_from(v).ok())
+            .unwrap_or_default()
+    }
+
+    /// A boolean property; false when missing.
+    pub fn flag(&self, name: &str) -> bool {
+        self.get(name)
+            .and_then(|v| bool::try_from(v).ok())
+            .unwrap_or(false)
+    }
+
+    /// A `u` property; 0 when missing.
+    pub fn count(&self, name: &str) -> u32 {
+        self.get(name)
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(0)
+    }
+}
+
 impl Client {
+    /// All properties of `iface` on the board's object.
+    async fn properties(&self, iface: &str) -> Result<Props, Failure> {
+        let reply = self
+            .call("org.freedesktop.DBus.Properties", "GetAll", &(iface,))
+            .await?;
+        Ok(Props(reply.body().deserialize().map_err(|e| self.fail(e))?))
+    }
+
     async fn call<B>(&self, iface: &str, method: &str, body: &B) -> Result<zbus::Message, Failure>
     where
         B: serde::Serialize + zbus::DynamicType,

@@ -1,10 +1,7 @@
 //! `rtmctl nbd`: exports an image of the board's image folder over NBD, withdraws it,
 //! resets its overlay, shows it (docs/nbd.md).
 
-use std::collections::HashMap;
-
 use clap::Subcommand;
-use zbus::OwnedVariant;
 
 use crate::{Client, Failure};
 
@@ -60,31 +57,17 @@ pub async fn export(c: &Client, image: &str, mode: &str, reset: bool) -> Result<
 }
 
 async fn status(c: &Client) -> Result<String, Failure> {
-    let reply = c
-        .call("org.freedesktop.DBus.Properties", "GetAll", &(NBD,))
-        .await?;
-    let props: HashMap<String, OwnedVariant> = reply.body().deserialize().map_err(|e| c.fail(e))?;
-    let get = |name: &str| props.get(name).and_then(|v| v.try_clone().ok());
-    let text = |name: &str| {
-        get(name)
-            .and_then(|v| String::try_from(v).ok())
-            .unwrap_or_default()
-    };
-    let exported = get("Exported")
-        .and_then(|v| bool::try_from(v).ok())
-        .unwrap_or(false);
-    if !exported {
+    let props = c.properties(NBD).await?;
+    if !props.flag("Exported") {
         return Ok(format!("{}: nothing exported", c.board));
     }
-    let clients = get("Clients")
-        .and_then(|v| u32::try_from(v).ok())
-        .unwrap_or(0);
+    let clients = props.count("Clients");
     Ok(format!(
         "{}: {} ({}) at {}, {clients} client{}",
         c.board,
-        text("Image"),
-        text("Mode"),
-        text("Uri"),
+        props.text("Image"),
+        props.text("Mode"),
+        props.text("Uri"),
         if clients == 1 { "" } else { "s" }
     ))
 }

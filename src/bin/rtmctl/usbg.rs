@@ -1,10 +1,10 @@
 //! `rtmctl usbg-ms`: the board's USB disk (docs/storage.md): attach an image of the image
 //! folder, detach, show. LAVA's `usbg_ms_commands` and `flasher_deploy_commands` call it.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use clap::Subcommand;
+
 use zbus::OwnedVariant;
 
 use crate::{Client, Failure};
@@ -67,19 +67,9 @@ fn image_argument(image: &str) -> String {
 }
 
 async fn status(c: &Client) -> Result<String, Failure> {
-    let reply = c
-        .call("org.freedesktop.DBus.Properties", "GetAll", &(STORAGE,))
-        .await?;
-    let props: HashMap<String, OwnedVariant> = reply.body().deserialize().map_err(|e| c.fail(e))?;
-    let get = |name: &str| props.get(name).and_then(|v| v.try_clone().ok());
-    let text = |name: &str| {
-        get(name)
-            .and_then(|v| String::try_from(v).ok())
-            .unwrap_or_default()
-    };
-    let attached = get("Attached")
-        .and_then(|v| bool::try_from(v).ok())
-        .unwrap_or(false);
+    let props = c.properties(STORAGE).await?;
+    let text = |name: &str| props.text(name);
+    let attached = props.flag("Attached");
     let udc = text("Udc");
     let on = if udc.is_empty() {
         String::new()

@@ -5,8 +5,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use zbus::message::Header;
 use zbus::{Connection, interface};
 
+use super::access::Gate;
 use super::{Error, PATH};
 use crate::capture::{Capture, CaptureError, Kind};
 
@@ -30,11 +32,12 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub struct CaptureIface {
     capture: Capture,
+    gate: Gate,
 }
 
 impl CaptureIface {
-    pub fn new(capture: Capture) -> Self {
-        CaptureIface { capture }
+    pub fn new(capture: Capture, gate: Gate) -> Self {
+        CaptureIface { capture, gate }
     }
 
     async fn blocking<T: Send + 'static>(
@@ -76,25 +79,63 @@ fn text(p: PathBuf) -> String {
 impl CaptureIface {
     /// Saves the screen as a PNG in the capture folder; returns its path.
     #[zbus(out_args("png_path"))]
-    async fn snapshot(&self) -> Result<String, Error> {
-        self.blocking(|c| c.snapshot()).await.map(text)
+    async fn snapshot(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<String, Error> {
+        self.gate
+            .run(&hdr, conn, "Capture.Snapshot", String::new(), async {
+                self.blocking(|c| c.snapshot()).await.map(text)
+            })
+            .await
     }
 
     /// Starts recording `kind` (`video`, `audio`, `both`) into Matroska; returns the path.
     #[zbus(out_args("path"))]
-    async fn start_recording(&self, kind: &str) -> Result<String, Error> {
-        let kind = self::kind(kind)?;
-        self.blocking(move |c| c.start_recording(kind))
+    async fn start_recording(
+        &self,
+        kind: &str,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<String, Error> {
+        self.gate
+            .run(
+                &hdr,
+                conn,
+                "Capture.StartRecording",
+                crate::access::clip(kind, 8),
+                async {
+                    let kind = self::kind(kind)?;
+                    self.blocking(move |c| c.start_recording(kind))
+                        .await
+                        .map(text)
+                },
+            )
             .await
-            .map(text)
     }
 
     /// Stops the `kind` recording; returns once the file is finalized.
-    async fn stop_recording(&self, kind: &str) -> Result<(), Error> {
-        let kind = self::kind(kind)?;
-        self.blocking(move |c| c.stop_recording(kind))
+    async fn stop_recording(
+        &self,
+        kind: &str,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), Error> {
+        self.gate
+            .run(
+                &hdr,
+                conn,
+                "Capture.StopRecording",
+                crate::access::clip(kind, 8),
+                async {
+                    let kind = self::kind(kind)?;
+                    self.blocking(move |c| c.stop_recording(kind))
+                        .await
+                        .map(drop)
+                },
+            )
             .await
-            .map(drop)
     }
 
     /// Compares the screen with a PNG: (score >= threshold, score in 0..1).

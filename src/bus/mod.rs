@@ -173,7 +173,7 @@ pub async fn serve(
         }
     }
     if let Some(c) = &capture {
-        builder = builder.serve_at(PATH, capture::CaptureIface::new(c.clone()));
+        builder = builder.serve_at(PATH, capture::CaptureIface::new(c.clone(), gate.clone()));
     }
     builder = builder
         .name(name.clone())

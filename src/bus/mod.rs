@@ -5,8 +5,8 @@
 //! Nothing here decides anything about hardware: each method validates its arguments, calls
 //! the subsystem, and translates the result.
 
-mod capture;
 pub mod access;
+mod capture;
 mod console;
 mod dut;
 mod images;

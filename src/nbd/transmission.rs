@@ -97,7 +97,7 @@ pub async fn serve(
 ) -> Ended {
     let (rd, wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(READ_BUFFER, rd);
-    let connection = Connection {
+    let mut connection = Connection {
         export: negotiated.export,
         structured: negotiated.structured,
         allocation: negotiated.allocation,
@@ -107,7 +107,6 @@ pub async fn serve(
         })),
         background: tokio::task::JoinSet::new(),
     };
-    let mut connection = connection;
     let ended = loop {
         // Nothing more to read at once: what was answered goes out before waiting.
         if rd.buffer().is_empty()

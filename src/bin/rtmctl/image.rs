@@ -14,11 +14,10 @@ use indicatif::{HumanBytes, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::signal::unix::{SignalKind, signal};
 use zbus::{MessageStream, OwnedObjectPath, OwnedVariant};
 
-use super::{Client, Failure};
+use super::{Client, Failure, Props};
 
 const IMAGES: &str = "org.rtmd.Dut1.Images";
 const JOB: &str = "org.rtmd.Dut1.Images.Job";
-const PROPERTIES: &str = "org.freedesktop.DBus.Properties";
 
 #[derive(Subcommand)]
 pub enum ImageAction {
@@ -75,31 +74,6 @@ fn absolute_source(source: &str) -> String {
     }
 }
 
-type Props = HashMap<String, OwnedVariant>;
-
-fn string(props: &Props, name: &str) -> String {
-    props
-        .get(name)
-        .and_then(|v| v.try_clone().ok())
-        .and_then(|v| String::try_from(v).ok())
-        .unwrap_or_default()
-}
-
-fn number(props: &Props, name: &str) -> Option<u64> {
-    props
-        .get(name)
-        .and_then(|v| v.try_clone().ok())
-        .and_then(|v| u64::try_from(v).ok())
-}
-
-fn flag(props: &Props, name: &str) -> bool {
-    props
-        .get(name)
-        .and_then(|v| v.try_clone().ok())
-        .and_then(|v| bool::try_from(v).ok())
-        .unwrap_or(false)
-}
-
 fn cached_note(cached: bool) -> &'static str {
     if cached { " (cached)" } else { "" }
 }
@@ -144,16 +118,16 @@ async fn fetch(c: &Client, source: &str, sha256: Option<&str>) -> Result<(String
         .await
         .map_err(|e| c.fail(e))?;
     // Read the state only after subscribing, so no change falls in between.
-    let mut props = get_all(c, &job).await?;
+    let mut props = c.properties_at(job.as_str(), JOB).await?;
 
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-        bar.set_message(string(&props, "Image"));
+        bar.set_message(props.text("Image"));
         bar
     });
     let show = |props: &Props| {
         if let Some(bar) = &bar {
-            let total = number(props, "BytesTotal").unwrap_or(0);
+            let total = props.value::<u64>("BytesTotal").unwrap_or(0);
             if total > 0 && bar.length() != Some(total) {
                 bar.set_length(total);
                 bar.set_style(
@@ -169,13 +143,13 @@ async fn fetch(c: &Client, source: &str, sha256: Option<&str>) -> Result<(String
                         .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                 );
             }
-            bar.set_position(number(props, "BytesDone").unwrap_or(0));
+            bar.set_position(props.value::<u64>("BytesDone").unwrap_or(0));
         }
     };
     show(&props);
 
     let mut cancelled = false;
-    while string(&props, "State") == "running" {
+    while props.text("State") == "running" {
         tokio::select! {
             msg = stream.next() => {
                 let Some(Ok(msg)) = msg else {
@@ -183,18 +157,18 @@ async fn fetch(c: &Client, source: &str, sha256: Option<&str>) -> Result<(String
                 };
                 let member = msg.header().member().map(|m| m.to_string()).unwrap_or_default();
                 if member == "PropertiesChanged"
-                    && let Ok((_, changed, _)) = msg.body().deserialize::<(String, Props, Vec<String>)>()
+                    && let Ok((_, changed, _)) = msg.body().deserialize::<(String, HashMap<String, OwnedVariant>, Vec<String>)>()
                 {
-                    props.extend(changed);
+                    props.update(changed);
                     show(&props);
                 } else if member == "Finished" {
-                    props = get_all(c, &job).await?;
+                    props = c.properties_at(job.as_str(), JOB).await?;
                 }
             }
             _ = int.recv(), if !cancelled => cancelled = true,
             _ = term.recv(), if !cancelled => cancelled = true,
         }
-        if cancelled && string(&props, "State") == "running" {
+        if cancelled && props.text("State") == "running" {
             c.connection
                 .call_method(
                     Some(c.dest.as_str()),
@@ -210,29 +184,13 @@ async fn fetch(c: &Client, source: &str, sha256: Option<&str>) -> Result<(String
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
-    match string(&props, "State").as_str() {
-        "done" => Ok((string(&props, "Image"), flag(&props, "Cached"))),
+    match props.text("State").as_str() {
+        "done" => Ok((props.text("Image"), props.flag("Cached"))),
         _ => Err(Failure {
             code: 1,
-            message: string(&props, "Error"),
+            message: props.text("Error"),
         }),
     }
-}
-
-async fn get_all(c: &Client, job: &OwnedObjectPath) -> Result<Props, Failure> {
-    c.connection
-        .call_method(
-            Some(c.dest.as_str()),
-            job.as_str(),
-            Some(PROPERTIES),
-            "GetAll",
-            &(JOB,),
-        )
-        .await
-        .map_err(|e| c.fail(e))?
-        .body()
-        .deserialize()
-        .map_err(|e| c.fail(e))
 }
 
 async fn list(c: &Client) -> Result<String, Failure> {

@@ -1,10 +1,7 @@
 //! `rtmctl hold`, `release`, `who`, `audit`, and `--hold LABEL` on any command (how LAVA
 //! hooks take the board): the lease of `org.rtmd.Dut1` (docs/access.md).
 
-use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use zbus::OwnedVariant;
 
 use crate::{Client, Failure};
 
@@ -19,22 +16,14 @@ struct Holder {
 }
 
 async fn holder(c: &Client) -> Result<Option<Holder>, Failure> {
-    let reply = c
-        .call("org.freedesktop.DBus.Properties", "GetAll", &(DUT,))
-        .await?;
-    let props: HashMap<String, OwnedVariant> = reply.body().deserialize().map_err(|e| c.fail(e))?;
-    let get = |name: &str| props.get(name).and_then(|v| v.try_clone().ok());
-    let uid = get("HolderUid")
-        .and_then(|v| i64::try_from(v).ok())
-        .unwrap_or(-1);
+    let props = c.properties(DUT).await?;
+    let uid = props.value::<i64>("HolderUid").unwrap_or(-1);
     if uid < 0 {
         return Ok(None);
     }
-    let number = |name: &str| get(name).and_then(|v| u64::try_from(v).ok()).unwrap_or(0);
+    let number = |name: &str| props.value::<u64>(name).unwrap_or(0);
     Ok(Some(Holder {
-        label: get("Holder")
-            .and_then(|v| String::try_from(v).ok())
-            .unwrap_or_default(),
+        label: props.text("Holder"),
         uid,
         since: number("Since"),
         expires: number("Expires"),

@@ -340,15 +340,11 @@ async fn power(c: &Client, action: &PowerAction) -> Result<String, Failure> {
 
 /// One GetAll: the state, and for a lab supply the measurements and setpoint.
 async fn status(c: &Client) -> Result<String, Failure> {
-    let reply = c
-        .call("org.freedesktop.DBus.Properties", "GetAll", &(POWER,))
-        .await?;
-    let props: HashMap<String, OwnedVariant> = reply.body().deserialize().map_err(|e| c.fail(e))?;
-    let get = |name: &str| props.get(name).and_then(|v| v.try_clone().ok());
-    let state = get("State")
-        .and_then(|v| String::try_from(v).ok())
+    let props = c.properties(POWER).await?;
+    let state = props
+        .value::<String>("State")
         .unwrap_or_else(|| "unknown".to_string());
-    let number = |name: &str| get(name).and_then(|v| f64::try_from(v).ok());
+    let number = |name: &str| props.value::<f64>(name);
     let mut line = format!("{}: power {state}", c.board);
     // GetAll leaves out what a plain switch does not have.
     if let Some(setpoint) = number("VoltageSetpoint") {
@@ -363,42 +359,58 @@ async fn status(c: &Client) -> Result<String, Failure> {
     Ok(line)
 }
 
-/// An interface's properties, from one `GetAll`.
+/// An interface's properties, from one `GetAll` (and `PropertiesChanged` merged in).
 pub struct Props(HashMap<String, OwnedVariant>);
 
 impl Props {
-    fn get(&self, name: &str) -> Option<OwnedVariant> {
-        self.0.get(name).and_then(|v| v.try_clone().ok())
+    /// A property converted to `T`; `None` when missing or of another type.
+    pub fn value<T: TryFrom<OwnedVariant>>(&self, name: &str) -> Option<T> {
+        self.0
+            .get(name)
+            .and_then(|v| v.try_clone().ok())
+            .and_then(|v| T::try_from(v).ok())
     }
 
     /// A string property; empty when missing.
     pub fn text(&self, name: &str) -> String {
-        self.get(name)
-            .and_then(|v| String::try_from(v).ok())
-            .unwrap_or_default()
+        self.value(name).unwrap_or_default()
     }
 
     /// A boolean property; false when missing.
     pub fn flag(&self, name: &str) -> bool {
-        self.get(name)
-            .and_then(|v| bool::try_from(v).ok())
-            .unwrap_or(false)
+        self.value(name).unwrap_or(false)
     }
 
     /// A `u` property; 0 when missing.
     pub fn count(&self, name: &str) -> u32 {
-        self.get(name)
-            .and_then(|v| u32::try_from(v).ok())
-            .unwrap_or(0)
+        self.value(name).unwrap_or(0)
+    }
+
+    /// Takes in the changed properties of a `PropertiesChanged` signal.
+    pub fn update(&mut self, changed: HashMap<String, OwnedVariant>) {
+        self.0.extend(changed);
     }
 }
 
 impl Client {
     /// All properties of `iface` on the board's object.
     async fn properties(&self, iface: &str) -> Result<Props, Failure> {
+        self.properties_at(PATH, iface).await
+    }
+
+    /// All properties of `iface` on the board's object at `path`.
+    async fn properties_at(&self, path: &str, iface: &str) -> Result<Props, Failure> {
         let reply = self
-            .call("org.freedesktop.DBus.Properties", "GetAll", &(iface,))
-            .await?;
+            .connection
+            .call_method(
+                Some(self.dest.as_str()),
+                path,
+                Some("org.freedesktop.DBus.Properties"),
+                "GetAll",
+                &(iface,),
+            )
+            .await
+            .map_err(|e| self.fail(e))?;
         Ok(Props(reply.body().deserialize().map_err(|e| self.fail(e))?))
     }
 

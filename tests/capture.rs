@@ -349,6 +349,37 @@ fn a_source_pipeline_serves_as_the_grabber() {
         &d.rtmctl(&["capture", "tone", "1000", "--timeout-ms", "300"]),
         1,
     );
+    // Raw frames: the first attempt (the pipeline's own JPEG) cannot link, so they are
+    // encoded, and the property says so.
+    assert_eq!(d.property(CAPTURE, "VideoEncoding"), "s \"\"");
+    let video = ok_line(&d.rtmctl(&["capture", "record", "start", "--kind", "video"]));
+    assert_eq!(d.property(CAPTURE, "VideoEncoding"), "s \"jpegenc\"");
+    ok_line(&d.rtmctl(&["capture", "record", "stop", "--kind", "video"]));
+    assert_eq!(d.property(CAPTURE, "VideoEncoding"), "s \"\"");
+    assert!(duration(&video).is_ok_and(|s| s > 0.0), "{}", discover(&video));
+}
+
+#[test]
+fn a_grabber_pipeline_giving_mjpeg_is_recorded_without_re_encoding() {
+    let bus = Bus::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "name = \"{BOARD}\"\n[capture]\n\
+         video = \"videotestsrc is-live=true pattern=smpte ! video/x-raw,width=1280,height=720,\
+         framerate=15/1 ! jpegenc quality=30\"\ndir = \"{}\"\n",
+        dir.path().join("captures").display()
+    );
+    let d = Daemon::start_in(&bus, &config, dir);
+    let bars = bars_png(d.dir.path());
+    let video = ok_line(&d.rtmctl(&["capture", "record", "start", "--kind", "video"]));
+    assert_eq!(d.property(CAPTURE, "VideoEncoding"), "s \"passthrough\"");
+    // The tap decodes the grabber's JPEG for snapshots and checks.
+    ok_line(&d.rtmctl(&["capture", "wait-screen", bars.to_str().unwrap()]));
+    ok_line(&d.rtmctl(&["capture", "record", "stop", "--kind", "video"]));
+    assert!(duration(&video).is_ok_and(|s| s > 0.0), "{}", discover(&video));
+    assert!(discover(&video).contains("JPEG"), "{}", discover(&video));
+    // Without a recording, snapshots decode the JPEG too.
+    ok_line(&d.rtmctl(&["capture", "compare", bars.to_str().unwrap()]));
 }
 
 #[test]

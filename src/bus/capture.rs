@@ -202,6 +202,13 @@ impl CaptureIface {
         self.capture.status().last_stop
     }
 
+    /// How the running video recording writes its frames: `passthrough` (the grabber's own
+    /// JPEG frames), `jpegenc` (raw frames encoded by rtmd), empty when none runs (extension).
+    #[zbus(property)]
+    fn video_encoding(&self) -> String {
+        self.capture.status().video_encoding
+    }
+
     /// The capture folder (extension).
     #[zbus(property(emits_changed_signal = "const"))]
     fn dir(&self) -> String {
@@ -230,6 +237,9 @@ pub async fn spawn_change_signals(connection: &Connection, capture: Capture) -> 
             }
             if now.last_stop != last.last_stop {
                 let _ = i.last_stop_changed(e).await;
+            }
+            if now.video_encoding != last.video_encoding {
+                let _ = i.video_encoding_changed(e).await;
             }
             last = now;
         }

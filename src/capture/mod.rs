@@ -72,6 +72,9 @@ pub struct CaptureStatus {
     pub artifacts: Vec<String>,
     /// Why the last recording ended, e.g. `stopped`, `device lost: ...`, `quota`.
     pub last_stop: String,
+    /// How the running video recording writes its frames: `passthrough` (the source's own
+    /// JPEG frames), `jpegenc` (raw frames encoded here), empty when none runs.
+    pub video_encoding: String,
 }
 
 /// The capture subsystem: cheap to clone.
@@ -364,9 +367,12 @@ impl Capture {
             )));
         }
         recordings.insert(kind, recording);
-        let kinds = kinds(&recordings);
+        let (kinds, encoding) = summary(&recordings);
         drop(recordings);
-        self.inner.status.send_modify(|s| s.recording = kinds);
+        self.inner.status.send_modify(|s| {
+            s.recording = kinds;
+            s.video_encoding = encoding;
+        });
         self.publish_artifacts();
         Ok(path)
     }
@@ -419,7 +425,7 @@ impl Capture {
         if recordings.get(&kind).is_some_and(|r| r.path == path) {
             recordings.remove(&kind);
         }
-        let kinds = kinds(&recordings);
+        let (kinds, encoding) = summary(&recordings);
         drop(recordings);
         tracing::info!(
             subsystem = "capture",
@@ -428,16 +434,24 @@ impl Capture {
         );
         self.inner.status.send_modify(|s| {
             s.recording = kinds;
+            s.video_encoding = encoding;
             s.last_stop = format!("{}: {reason}", kind.as_str());
         });
         self.enforce_quota();
     }
 }
 
-fn kinds(recordings: &HashMap<Kind, Recording>) -> Vec<String> {
+/// The kinds recording now, and how the video among them is encoded.
+fn summary(recordings: &HashMap<Kind, Recording>) -> (Vec<String>, String) {
     let mut kinds: Vec<String> = recordings.keys().map(|k| k.as_str().to_string()).collect();
     kinds.sort();
-    kinds
+    let encoding = recordings
+        .values()
+        .find_map(|r| r.video_passthrough)
+        .map(|p| if p { "passthrough" } else { "jpegenc" })
+        .unwrap_or_default()
+        .to_string();
+    (kinds, encoding)
 }
 
 fn medium_name(m: Medium) -> &'static str {

@@ -84,6 +84,8 @@ pub type OverQuota = Box<dyn Fn() -> bool + Send>;
 #[derive(Clone)]
 pub struct Recording {
     pub path: PathBuf,
+    /// For a recording with video: whether it writes the source's JPEG frames as they come.
+    pub video_passthrough: Option<bool>,
     video_tap: Option<gst::Element>,
     audio_tap: Option<gst::Element>,
     control: Arc<Sender<(String, Sender<()>)>>,
@@ -98,23 +100,24 @@ impl Recording {
         on_end: OnEnd,
         over_quota: OverQuota,
     ) -> Result<Recording, CaptureError> {
-        let running = match video {
+        let (running, video_passthrough) = match video {
             Some(v) if v.may_be_mjpeg() => match build(&path, Some((v, true)), audio) {
-                Ok(r) => r,
+                Ok(r) => (r, Some(true)),
                 Err(e) => {
                     tracing::info!(
                         subsystem = "capture",
-                        "no MJPEG from the grabber ({e}); encoding its raw frames"
+                        "no MJPEG from the video source ({e}); encoding its raw frames"
                     );
-                    build(&path, Some((v, false)), audio)?
+                    (build(&path, Some((v, false)), audio)?, Some(false))
                 }
             },
-            Some(v) => build(&path, Some((v, false)), audio)?,
-            None => build(&path, None, audio)?,
+            Some(v) => (build(&path, Some((v, false)), audio)?, Some(false)),
+            None => (build(&path, None, audio)?, None),
         };
         let (control, requests) = mpsc::channel();
         let recording = Recording {
             path: path.clone(),
+            video_passthrough,
             video_tap: running.pipeline.0.by_name("vtap"),
             audio_tap: running.pipeline.0.by_name("atap"),
             control: Arc::new(control),

@@ -69,9 +69,10 @@ impl Source {
         }
     }
 
-    /// Whether the source gives MJPEG that a recording can keep as it is.
+    /// Whether the source may give MJPEG that a recording can keep as it is: a V4L2 grabber,
+    /// or a configured pipeline (an odd grabber's may end in `image/jpeg`).
     pub fn may_be_mjpeg(&self) -> bool {
-        matches!(self, Source::V4l2(_))
+        matches!(self, Source::V4l2(_) | Source::Pipeline(_))
     }
 
     /// The source part of a pipeline, its first element named [`SOURCE_NAME`] when rtmd
@@ -79,6 +80,7 @@ impl Source {
     pub fn describe(&self, medium: Medium, mjpeg: bool) -> String {
         match (self, medium) {
             (Source::V4l2(_), _) if mjpeg => format!("v4l2src name={SOURCE_NAME} ! image/jpeg"),
+            (Source::Pipeline(p), Medium::Video) if mjpeg => format!("{p} ! image/jpeg"),
             (Source::V4l2(_), _) => format!("v4l2src name={SOURCE_NAME} ! decodebin"),
             (Source::Alsa(_), _) => format!("alsasrc name={SOURCE_NAME}"),
             (Source::Sim(_), Medium::Video) => format!(

@@ -356,7 +356,11 @@ fn a_source_pipeline_serves_as_the_grabber() {
     assert_eq!(d.property(CAPTURE, "VideoEncoding"), "s \"jpegenc\"");
     ok_line(&d.rtmctl(&["capture", "record", "stop", "--kind", "video"]));
     assert_eq!(d.property(CAPTURE, "VideoEncoding"), "s \"\"");
-    assert!(duration(&video).is_ok_and(|s| s > 0.0), "{}", discover(&video));
+    assert!(
+        duration(&video).is_ok_and(|s| s > 0.0),
+        "{}",
+        discover(&video)
+    );
 }
 
 #[test]
@@ -376,7 +380,11 @@ fn a_grabber_pipeline_giving_mjpeg_is_recorded_without_re_encoding() {
     // The tap decodes the grabber's JPEG for snapshots and checks.
     ok_line(&d.rtmctl(&["capture", "wait-screen", bars.to_str().unwrap()]));
     ok_line(&d.rtmctl(&["capture", "record", "stop", "--kind", "video"]));
-    assert!(duration(&video).is_ok_and(|s| s > 0.0), "{}", discover(&video));
+    assert!(
+        duration(&video).is_ok_and(|s| s > 0.0),
+        "{}",
+        discover(&video)
+    );
     assert!(discover(&video).contains("JPEG"), "{}", discover(&video));
     // Without a recording, snapshots decode the JPEG too.
     ok_line(&d.rtmctl(&["capture", "compare", bars.to_str().unwrap()]));

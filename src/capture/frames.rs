@@ -1,5 +1,6 @@
 //! Frames and samples out of GStreamer: short-lived pipelines that end in an appsink, and
-//! pulls from a recording's tap. Video arrives as packed RGB, audio as mono f32 at
+//! pulls from a recording's tap. Video arrives as packed RGB (or as the grabber's JPEG from
+//! a passthrough recording's tap, decoded here only when a frame is taken), audio as mono f32 at
 //! [`AUDIO_RATE`], whatever the source gives (`videoconvert`, `audioconvert`,
 //! `audioresample` in between).
 
@@ -100,6 +101,14 @@ fn to_rgb(sample: &gst::Sample) -> Result<RgbImage, CaptureError> {
     let bad = |what: &str| CaptureError::Device(format!("unexpected frame: {what}"));
     let caps = sample.caps().ok_or_else(|| bad("no caps"))?;
     let s = caps.structure(0).ok_or_else(|| bad("empty caps"))?;
+    if s.name() == "image/jpeg" {
+        // A passthrough recording's tap: the grabber's own JPEG (zune-jpeg fills in the
+        // Huffman tables that MJPEG grabbers omit).
+        let buffer = sample.buffer().ok_or_else(|| bad("no buffer"))?;
+        let map = buffer.map_readable().map_err(|_| bad("unreadable"))?;
+        return decode_jpeg(&map)
+            .map_err(|e| bad(&format!("undecodable JPEG from the grabber: {e}")));
+    }
     let width = s.get::<i32>("width").map_err(|_| bad("no width"))?;
     let height = s.get::<i32>("height").map_err(|_| bad("no height"))?;
     let (width, height) = (
@@ -122,6 +131,40 @@ fn to_rgb(sample: &gst::Sample) -> Result<RgbImage, CaptureError> {
         data.extend_from_slice(&map[y * stride..y * stride + row]);
     }
     RgbImage::from_raw(width, height, data).ok_or_else(|| bad("size"))
+}
+
+/// One JPEG frame as RGB. Many MJPEG grabbers leave out the Huffman tables (the USB video
+/// class allows it: the standard tables of JPEG's annex K apply); zune-jpeg fills those in
+/// only for frames marked `AVI1`, so such a frame gets that mark first.
+pub fn decode_jpeg(data: &[u8]) -> Result<RgbImage, image::ImageError> {
+    let decode = |d: &[u8]| {
+        image::load_from_memory_with_format(d, image::ImageFormat::Jpeg).map(|i| i.to_rgb8())
+    };
+    if !lacks_huffman_tables(data) {
+        return decode(data);
+    }
+    // SOI, then APP0 "AVI1" (length 7), then the frame's own segments.
+    let mut marked = Vec::with_capacity(data.len() + 9);
+    marked.extend_from_slice(&data[..2]);
+    marked.extend_from_slice(b"\xff\xe0\x00\x07AVI1\x00");
+    marked.extend_from_slice(&data[2..]);
+    decode(&marked)
+}
+
+/// Whether a JPEG's header segments, up to its first scan, define no Huffman table.
+fn lacks_huffman_tables(data: &[u8]) -> bool {
+    if !data.starts_with(&[0xFF, 0xD8]) {
+        return false; // not JPEG: let the decoder say so
+    }
+    let mut at = 2;
+    while let [0xFF, marker, high, low, ..] = data[at.min(data.len())..] {
+        match marker {
+            0xC4 => return false,
+            0xDA => return true,
+            _ => at += 2 + usize::from(u16::from_be_bytes([high, low])),
+        }
+    }
+    false
 }
 
 /// A pipeline of its own that delivers the video source's frames.

@@ -168,12 +168,18 @@ fn build(
         } else {
             "videoconvert ! jpegenc quality=85 ! "
         };
-        let to_rgb = if mjpeg { "jpegdec ! " } else { "" };
+        // The tap keeps the grabber's JPEG as it is: it is decoded only when a snapshot or
+        // a check takes a frame (frames.rs), not 5 times a second for nobody.
+        let to_rgb = if mjpeg {
+            String::new()
+        } else {
+            format!("videoconvert ! {RGB_CAPS} ! ")
+        };
         description.push_str(&format!(
             " {} ! tee name=vt ! queue name=vq ! {encode}mux. \
              vt. ! queue leaky=downstream max-size-buffers=2 ! videorate drop-only=true \
-             max-rate={TAP_FPS} ! {to_rgb}videoconvert ! {RGB_CAPS} \
-             ! appsink name=vtap max-buffers=1 drop=true sync=false async=false",
+             max-rate={TAP_FPS} ! {to_rgb}appsink name=vtap max-buffers=1 drop=true sync=false \
+             async=false",
             source.describe_for_recording(Medium::Video, mjpeg)
         ));
     }

@@ -4,6 +4,7 @@
 use image::{Rgb, RgbImage};
 
 use super::analysis::{compare, has_tone, level_dbfs};
+use super::frames::decode_jpeg;
 use super::source::{Medium, Source};
 use super::{Kind, store};
 
@@ -161,4 +162,41 @@ fn a_full_disk_is_said_plainly() {
     // /dev by an unprivileged user, so this uses the store's words on the error itself.
     let e = std::io::Error::from_raw_os_error(nix::libc::ENOSPC);
     assert_eq!(super::store::storage_words(e), "disk full");
+}
+
+/// `data` without its DHT segments, as an MJPEG grabber sends its frames.
+fn without_huffman_tables(data: &[u8]) -> Vec<u8> {
+    let mut out = data[..2].to_vec(); // SOI
+    let mut at = 2;
+    while at + 4 <= data.len() && data[at] == 0xFF {
+        let marker = data[at + 1];
+        if marker == 0xDA {
+            break; // SOS: the entropy-coded data follows; keep the rest as it is
+        }
+        let len = usize::from(u16::from_be_bytes([data[at + 2], data[at + 3]]));
+        if marker != 0xC4 {
+            out.extend_from_slice(&data[at..at + 2 + len]);
+        }
+        at += 2 + len;
+    }
+    out.extend_from_slice(&data[at..]);
+    out
+}
+
+#[test]
+fn a_grabbers_mjpeg_frame_decodes_even_without_huffman_tables() {
+    let picture = bars(320, 180);
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
+        .encode_image(&picture)
+        .unwrap();
+    let stripped = without_huffman_tables(&jpeg);
+    assert!(stripped.len() < jpeg.len(), "no DHT segment was removed");
+    for data in [&jpeg, &stripped] {
+        let frame = decode_jpeg(data).unwrap();
+        assert_eq!(frame.dimensions(), (320, 180));
+        let score = compare(&frame, &picture);
+        assert!(score > 0.95, "{score}");
+    }
+    assert!(decode_jpeg(b"\xff\xd8 not a jpeg").is_err());
 }

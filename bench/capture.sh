@@ -35,7 +35,7 @@ address=$(head -1 "$work/address")
 cat > "$work/bench.toml" <<TOML
 name = "bench"
 [capture]
-video = "videotestsrc is-live=true pattern=smpte horizontal-speed=4 ! video/x-raw,width=1920,height=1080,framerate=30/1"
+video = "videotestsrc is-live=true pattern=smpte horizontal-speed=4 ! video/x-raw,format=YUY2,width=1920,height=1080,framerate=30/1"
 dir = "$work/captures"
 TOML
 RUST_LOG=info $B/rtmd --config "$work/bench.toml" --bus-address "$address" --log stderr 2> "$work/rtmd.log" &

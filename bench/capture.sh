@@ -41,10 +41,12 @@ TOML
 RUST_LOG=info $B/rtmd --config "$work/bench.toml" --bus-address "$address" --log stderr 2> "$work/rtmd.log" &
 pids+=($!)
 wait_for "$work/rtmd.log" "ready on"
-snap() {
+snap() {  # a snapshot every half second, as a test takes them (not back to back)
+  local service=${1:-org.rtmd.Dut1.bench}
   for _ in $(seq "$N"); do
+    sleep 0.5
     t0=$(date +%s%N)
-    busctl --address="$address" call org.rtmd.Dut1.bench /org/rtmd/Dut1 org.rtmd.Dut1.Capture Snapshot > /dev/null
+    busctl --address="$address" call "$service" /org/rtmd/Dut1 org.rtmd.Dut1.Capture Snapshot > /dev/null
     t1=$(date +%s%N)
     echo $(( (t1 - t0) / 1000000 ))
   done | stats
@@ -107,6 +109,10 @@ c1, t1 = cpu(), time.monotonic()
 print(f"{(c1 - c0) * 60 / (t1 - t0):.2f}")
 PY
   busctl --address="$address" get-property "org.rtmd.Dut1.$name" /org/rtmd/Dut1 org.rtmd.Dut1.Capture LastStop | sed 's/^/  rtmd LastStop: /' >&2
+  local call=(busctl --address="$address" call "org.rtmd.Dut1.$name" /org/rtmd/Dut1 org.rtmd.Dut1.Capture)
+  "${call[@]}" StartRecording s video > /dev/null
+  echo "  snapshot during a $name recording: $(snap "org.rtmd.Dut1.$name")" >&2
+  "${call[@]}" StopRecording s video > /dev/null
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 ratio() { python3 -c "import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); print(f'{a / b:.2f}x' if b > 0 else 'n/a')" "$@"; }

@@ -30,8 +30,8 @@ use super::source::{Medium, Source};
 
 /// How long the muxer may take to write its index once EOS is sent.
 const FINALIZE: Duration = Duration::from_secs(10);
-/// Frames per second the video tap decodes and converts: enough for snapshots and screen
-/// checks, and a fraction of the CPU of converting every 1080p frame to RGB.
+/// Frames per second the video tap of a re-encoding recording converts to RGB: enough for
+/// snapshots and screen checks, and a fraction of the CPU of converting every 1080p frame.
 const TAP_FPS: u32 = 5;
 /// How often the owner thread looks at the quota.
 const QUOTA_CHECK: Duration = Duration::from_secs(2);
@@ -168,18 +168,19 @@ fn build(
         } else {
             "videoconvert ! jpegenc quality=85 ! "
         };
-        // The tap keeps the grabber's JPEG as it is: it is decoded only when a snapshot or
-        // a check takes a frame (frames.rs), not 5 times a second for nobody.
-        let to_rgb = if mjpeg {
+        // The tap of a passthrough recording keeps the grabber's JPEG frames as they are,
+        // every one of them (the latest is never older than a frame), and decodes one only
+        // when a snapshot or a check takes it (frames.rs). Raw frames are converted here,
+        // so only TAP_FPS of them.
+        let tap = if mjpeg {
             String::new()
         } else {
-            format!("videoconvert ! {RGB_CAPS} ! ")
+            format!("videorate drop-only=true max-rate={TAP_FPS} ! videoconvert ! {RGB_CAPS} ! ")
         };
         description.push_str(&format!(
             " {} ! tee name=vt ! queue name=vq ! {encode}mux. \
-             vt. ! queue leaky=downstream max-size-buffers=2 ! videorate drop-only=true \
-             max-rate={TAP_FPS} ! {to_rgb}appsink name=vtap max-buffers=1 drop=true sync=false \
-             async=false",
+             vt. ! queue leaky=downstream max-size-buffers=2 ! {tap}appsink name=vtap \
+             max-buffers=1 drop=true sync=false async=false",
             source.describe_for_recording(Medium::Video, mjpeg)
         ));
     }

@@ -57,14 +57,11 @@ fn main() {
                 std::thread::sleep(Duration::from_millis(200));
             }
             match stopped {
-                Ok(_) | Err(rtmd::capture::CaptureError::Timeout(_)) => {
-                    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-                    println!("RECORDED {size}");
-                    println!("LASTSTOP {}", capture.status().last_stop);
-                }
-                // Known issue (docs/capture.md): vivid's raw 4K stream under TCG may stop with
-                // not-negotiated mid-recording; the file is finalized all the same.
-                Err(rtmd::capture::CaptureError::NotRecording(_)) => {
+                // NotRecording: the recording ended by itself before the stop; the file is
+                // finalized all the same, and LASTSTOP says why.
+                Ok(_)
+                | Err(rtmd::capture::CaptureError::Timeout(_))
+                | Err(rtmd::capture::CaptureError::NotRecording(_)) => {
                     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
                     println!("RECORDED {size}");
                     println!("LASTSTOP {}", capture.status().last_stop);

@@ -238,7 +238,18 @@ fn build(
     let deadline = Instant::now() + super::FIRST_DATA;
     loop {
         match first_data.recv_timeout(Duration::from_millis(50)) {
-            Ok(()) => break,
+            // A source that fails before its first frame (v4l2src asked for MJPEG that the
+            // device lacks: not-negotiated) posts its error and then sends EOS, on which
+            // the muxer writes an empty file: bytes that reach the file after an error are
+            // no start. The error is on the bus before that EOS leaves the source.
+            Ok(()) => match bus_error(&running.0) {
+                None => break,
+                Some(error) => {
+                    drop(running);
+                    let _ = std::fs::remove_file(path);
+                    return Err(CaptureError::Device(error));
+                }
+            },
             Err(RecvTimeoutError::Timeout) if Instant::now() < deadline => {
                 if let Some(error) = bus_error(&running.0) {
                     drop(running);

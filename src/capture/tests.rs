@@ -1,12 +1,13 @@
 //! Unit tests of the capture subsystem's pure parts: the checks' arithmetic, source
-//! names, recording kinds, the quota and PNG references.
+//! names, recording kinds, the quota and PNG references; and a recording whose source
+//! cannot start.
 
 use image::{Rgb, RgbImage};
 
 use super::analysis::{compare, has_tone, level_dbfs};
 use super::frames::decode_jpeg;
 use super::source::{Medium, Source};
-use super::{Kind, store};
+use super::{Capture, CaptureError, Kind, store};
 
 fn sine(freq: f64, amplitude: f32, n: usize) -> Vec<f32> {
     (0..n)
@@ -199,4 +200,33 @@ fn a_grabbers_mjpeg_frame_decodes_even_without_huffman_tables() {
         assert!(score > 0.95, "{score}");
     }
     assert!(decode_jpeg(b"\xff\xd8 not a jpeg").is_err());
+}
+
+/// A source that cannot negotiate posts its error and then sends EOS, on which the muxer
+/// writes an empty file: that file is no start. (vivid has no MJPEG: the recording's MJPEG
+/// attempt was taken for started, and the recording ended at once with not-negotiated.)
+#[test]
+fn a_source_that_cannot_negotiate_starts_no_recording() {
+    let dir = tempfile::tempdir().unwrap();
+    let capture = Capture::start(&crate::config::CaptureConfig {
+        video: None,
+        // 8 kHz cannot become 16 kHz; behind a funnel only negotiation finds that out.
+        audio: Some(
+            "audiotestsrc is-live=true ! audio/x-raw,rate=8000 ! funnel \
+             ! audio/x-raw,rate=16000"
+                .into(),
+        ),
+        dir: dir.path().to_path_buf(),
+        quota_bytes: 1 << 20,
+    })
+    .unwrap();
+    for _ in 0..5 {
+        match capture.start_recording(Kind::Audio) {
+            Err(CaptureError::Device(e)) => assert!(e.contains("not-negotiated"), "{e}"),
+            other => panic!("started: {other:?}"),
+        }
+        assert!(capture.status().recording.is_empty());
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "files left: {left:?}");
 }

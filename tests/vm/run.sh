@@ -136,14 +136,21 @@ else
   cat > "$work/test.sh" <<'TEST'
 export GST_PLUGIN_SYSTEM_PATH=/gst GST_REGISTRY_FORK=no GST_REGISTRY=/tmp/gst-registry.bin
 ls /dev/video* | tr '\n' ' '; echo
-/capture_vm /dev/video0 /tmp/captures
 TEST
+  # Diagnostics (local): RTM_VM_EXTRA=FILE runs FILE instead of capture_vm, with
+  # gst-launch-1.0 and v4l2-ctl in the VM.
+  if [ -n "${RTM_VM_EXTRA:-}" ]; then
+    for b in /usr/bin/gst-launch-1.0 /usr/bin/v4l2-ctl; do cp "$b" "$work/bin/"; copy_libs "$b"; done
+    cat "$RTM_VM_EXTRA" >> "$work/test.sh"
+  else
+    echo '/capture_vm /dev/video0 /tmp/captures' >> "$work/test.sh"
+  fi
 fi
 (cd "$work" && find . -path ./.done -prune -o -print | cpio -o -H newc --quiet | gzip -1) > "$vm/initramfs.gz"
 
 # TCG is slow: GStreamer scans its plugins and vivid gives 4K frames.
 limit=110
-[ $mode = capture ] && limit=400
+[ $mode = capture ] && limit=${RTM_VM_LIMIT:-400}
 exec timeout $limit qemu-system-x86_64 -accel tcg -m 512 -smp 1 -nographic -no-reboot \
   -kernel "$kernel" -initrd "$vm/initramfs.gz" \
   -append "console=ttyS0 quiet loglevel=3 panic=-1"

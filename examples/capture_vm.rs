@@ -51,11 +51,12 @@ fn main() {
             }
             // Under TCG a 4K frame takes long to encode: a stop may outlast its bound, and
             // the recording then ends on its own thread.
-            let stopped = capture.stop_recording(Kind::Video);
             let waited = Instant::now();
+            let stopped = capture.stop_recording(Kind::Video);
             while !capture.status().recording.is_empty() && waited.elapsed().as_secs() < 120 {
                 std::thread::sleep(Duration::from_millis(200));
             }
+            println!("STOP-MS {}", waited.elapsed().as_millis());
             match stopped {
                 // NotRecording: the recording ended by itself before the stop; the file is
                 // finalized all the same, and LASTSTOP says why.

@@ -7,20 +7,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-fn driver() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile = exe.parent().unwrap().parent().unwrap();
-    let path = profile.join("examples/capture_vm");
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--example", "capture_vm"])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    path
-}
+mod common;
+use common::example;
 
 #[test]
 fn capture_from_vivid_in_a_vm() {
@@ -28,7 +16,7 @@ fn capture_from_vivid_in_a_vm() {
     let output = Command::new("bash")
         .arg(script)
         .arg("--capture")
-        .arg(driver())
+        .arg(example("capture_vm"))
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&output.stdout).replace('\r', "");

@@ -30,6 +30,8 @@ use super::source::{Medium, Source};
 
 /// How long the muxer may take to write its index once EOS is sent.
 const FINALIZE: Duration = Duration::from_secs(10);
+/// How long streaming sources get to end their streams before EOS goes into the muxer.
+const SOURCE_EOS: Duration = Duration::from_secs(3);
 /// Frames per second the video tap of a re-encoding recording converts to RGB: enough for
 /// snapshots and screen checks, and a fraction of the CPU of converting every 1080p frame.
 const TAP_FPS: u32 = 5;
@@ -323,6 +325,8 @@ fn own(
     over_quota: OverQuota,
 ) {
     let mut last_quota_check = Instant::now();
+    // Whether the sources still stream (they can end the stream themselves).
+    let mut streaming = true;
     let (reason, done) = loop {
         match requests.recv_timeout(Duration::from_millis(100)) {
             Ok((reason, done)) => break (reason, Some(done)),
@@ -336,6 +340,7 @@ fn own(
                 format!("device lost: {error}")
             };
             tracing::warn!(subsystem = "capture", "{} recording: {why}", kind.as_str());
+            streaming = false;
             break (why, None);
         }
         if last_quota_check.elapsed() >= QUOTA_CHECK {
@@ -345,7 +350,7 @@ fn own(
             }
         }
     };
-    let finalized = finalize(&built);
+    let finalized = finalize(&built, streaming);
     drop(built);
     let reason = if finalized {
         reason
@@ -358,8 +363,27 @@ fn own(
     }
 }
 
-/// Pushes EOS into the muxer's queues and waits until it reaches the file sink.
-fn finalize(built: &Built) -> bool {
+/// Ends the streams and waits until EOS reached the file (the muxer wrote its index).
+///
+/// Sources that still stream end it themselves, as `gst-launch-1.0 -e` does: EOS follows
+/// the frames already on their way, and no lock is fought over. (Pushing EOS into the
+/// muxer's queues from here instead waits for the queue's stream lock, which the source's
+/// thread takes again after every frame: with 4K frames under emulation the stop took a
+/// minute.) When a source failed, or does not end its stream in time, EOS goes straight
+/// into the muxer's queues.
+fn finalize(built: &Built, streaming: bool) -> bool {
+    let deadline = Instant::now() + FINALIZE;
+    if streaming {
+        built.pipeline.0.send_event(gst::event::Eos::new());
+        if built.eos.recv_timeout(SOURCE_EOS).is_ok() {
+            return true;
+        }
+        tracing::info!(
+            subsystem = "capture",
+            "a source did not end its stream within {} s; ending it at the muxer",
+            SOURCE_EOS.as_secs()
+        );
+    }
     for queue in ["vq", "aq"] {
         if let Some(pad) = built
             .pipeline
@@ -370,5 +394,8 @@ fn finalize(built: &Built) -> bool {
             pad.send_event(gst::event::Eos::new());
         }
     }
-    built.eos.recv_timeout(FINALIZE).is_ok()
+    built
+        .eos
+        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        .is_ok()
 }

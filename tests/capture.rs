@@ -377,6 +377,11 @@ fn a_grabber_pipeline_giving_mjpeg_is_recorded_without_re_encoding() {
     let bars = bars_png(d.dir.path());
     let video = ok_line(&d.rtmctl(&["capture", "record", "start", "--kind", "video"]));
     assert_eq!(d.property(CAPTURE, "VideoEncoding"), "s \"passthrough\"");
+    let line = ok_line(&d.rtmctl(&["capture", "status"]));
+    assert_eq!(
+        line,
+        format!("{BOARD}: recording video (video: passthrough); 1 artifacts")
+    );
     // The tap decodes the grabber's JPEG for snapshots and checks.
     ok_line(&d.rtmctl(&["capture", "wait-screen", bars.to_str().unwrap()]));
     ok_line(&d.rtmctl(&["capture", "record", "stop", "--kind", "video"]));
@@ -386,6 +391,11 @@ fn a_grabber_pipeline_giving_mjpeg_is_recorded_without_re_encoding() {
         discover(&video)
     );
     assert!(discover(&video).contains("JPEG"), "{}", discover(&video));
+    let line = ok_line(&d.rtmctl(&["capture", "status"]));
+    assert_eq!(
+        line,
+        format!("{BOARD}: recording nothing; 1 artifacts; last recording: video: stopped")
+    );
     // Without a recording, snapshots decode the JPEG too.
     ok_line(&d.rtmctl(&["capture", "compare", bars.to_str().unwrap()]));
 }

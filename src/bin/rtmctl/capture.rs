@@ -190,31 +190,24 @@ pub async fn run(c: &Client, action: &CaptureAction) -> Result<String, Failure> 
 }
 
 async fn status(c: &Client) -> Result<String, Failure> {
-    let reply = c
-        .call("org.freedesktop.DBus.Properties", "GetAll", &(CAPTURE,))
-        .await?;
-    let props: std::collections::HashMap<String, zbus::OwnedVariant> =
-        reply.body().deserialize().map_err(|e| c.fail(e))?;
-    let get = |name: &str| props.get(name).and_then(|v| v.try_clone().ok());
-    let list = |name: &str| {
-        get(name)
-            .and_then(|v| Vec::<String>::try_from(v).ok())
-            .unwrap_or_default()
-    };
-    let recording = list("Recording");
-    let last = get("LastStop")
-        .and_then(|v| String::try_from(v).ok())
-        .unwrap_or_default();
+    let props = c.properties(CAPTURE).await?;
+    let recording: Vec<String> = props.value("Recording").unwrap_or_default();
+    let encoding = props.text("VideoEncoding");
     let mut line = format!(
-        "{}: recording {}; {} artifacts",
+        "{}: recording {}",
         c.board,
         if recording.is_empty() {
             "nothing".to_string()
         } else {
             recording.join(", ")
-        },
-        list("Artifacts").len()
+        }
     );
+    if !encoding.is_empty() {
+        line.push_str(&format!(" (video: {encoding})"));
+    }
+    let artifacts: Vec<String> = props.value("Artifacts").unwrap_or_default();
+    line.push_str(&format!("; {} artifacts", artifacts.len()));
+    let last = props.text("LastStop");
     if !last.is_empty() {
         line.push_str(&format!("; last recording: {last}"));
     }

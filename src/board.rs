@@ -9,6 +9,7 @@ use tracing::{info, warn};
 
 use crate::access::{Access, Ended, OnRelease};
 use crate::bus;
+use crate::capture::Capture;
 use crate::claims::Claims;
 use crate::config::{Config, OnStop};
 use crate::console::Console;
@@ -29,6 +30,7 @@ pub struct Board {
     pub images: Option<Store>,
     pub nbd: Option<Nbd>,
     pub storage: Option<Storage>,
+    pub capture: Option<Capture>,
     /// Images the USB gadget holds, so NBD never exports one writable meanwhile.
     pub claims: Claims,
     /// Who holds the board, checked by every mutating D-Bus method; and the audit trail.
@@ -95,6 +97,10 @@ impl Board {
             ),
             _ => None,
         };
+        let capture = match &config.capture {
+            Some(c) => Some(Capture::start(c).map_err(|e| format!("[capture]: {e}"))?),
+            None => None,
+        };
         let (access, ended) = Access::new(config.access.clone());
         access.spawn_expiry();
         let gate = bus::Gate::new(access);
@@ -109,6 +115,7 @@ impl Board {
             images,
             nbd,
             storage,
+            capture,
             claims,
             gate,
         })
@@ -130,6 +137,7 @@ impl Board {
                 "keyboard",
                 self.storage.as_ref().is_some_and(Storage::has_keyboard),
             ),
+            ("capture", self.capture.is_some()),
         ]
         .into_iter()
         .filter(|(_, present)| *present)
@@ -161,6 +169,11 @@ impl Board {
 
     /// Stops fail-safe: with `on_stop = "off"` the board is switched off first.
     pub async fn stop(&self) {
+        // Recordings are finalized (EOS through the muxer) so their files stay playable.
+        if let Some(capture) = self.capture.clone() {
+            let _ =
+                tokio::task::spawn_blocking(move || capture.stop_all("the daemon stopped")).await;
+        }
         // A fetch cut short leaves only a partial file, which the next start removes; cancel
         // now so it is removed at once.
         if let Some(images) = &self.images {

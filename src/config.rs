@@ -56,6 +56,7 @@ pub struct Config {
     pub images: Option<ImagesConfig>,
     pub nbd: Option<NbdConfig>,
     pub storage: Option<StorageConfig>,
+    pub capture: Option<CaptureConfig>,
     /// Leases and the audit history (`[access]`; defaults when the section is absent).
     pub access: AccessConfig,
     /// Sections of the config contract that a later subsystem will own; kept so that a
@@ -233,6 +234,21 @@ pub struct StorageConfig {
     pub cow_dir: Option<PathBuf>,
 }
 
+/// `[capture]`: HDMI and audio capture (docs/capture.md).
+#[derive(Debug, Clone)]
+pub struct CaptureConfig {
+    /// The video source: a V4L2 device (`/dev/...`), `sim:FILE` (a test picture that follows
+    /// a simulated board's state file), or a GStreamer source pipeline.
+    pub video: Option<String>,
+    /// The audio source: an ALSA device (`hw:...`, `plughw:...`, `default`), `sim:FILE`, or a
+    /// GStreamer source pipeline.
+    pub audio: Option<String>,
+    /// Where snapshots and recordings land (relative: from the config file's folder).
+    pub dir: PathBuf,
+    /// The folder's quota: past it, the oldest artifacts are removed.
+    pub quota_bytes: u64,
+}
+
 /// Loopback and the NBD port IANA assigned.
 pub const NBD_DEFAULT_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 10809);
@@ -303,7 +319,7 @@ struct RawConfig {
     images: Option<Spanned<RawImages>>,
     nbd: Option<Spanned<RawNbd>>,
     storage: Option<Spanned<RawStorage>>,
-    capture: Option<RawCapture>,
+    capture: Option<Spanned<RawCapture>>,
     access: Option<Spanned<RawAccess>>,
     pdudaemon_api: Option<Spanned<RawPduApi>>,
 }
@@ -407,11 +423,11 @@ struct RawStorage {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
 struct RawCapture {
     video: S<String>,
     audio: S<String>,
     dir: S<String>,
+    quota_mib: S<i64>,
 }
 
 #[derive(Deserialize)]
@@ -595,14 +611,15 @@ fn validate(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         }
         None => None,
     };
+    let capture = match &raw.capture {
+        Some(section) => Some(validate_capture(cx, section)?),
+        None => None,
+    };
     let access = match &raw.access {
         Some(section) => validate_access(cx, section.get_ref())?,
         None => AccessConfig::default(),
     };
-    let pending_sections = [("capture", raw.capture.is_some())]
-        .into_iter()
-        .filter_map(|(name, present)| present.then_some(name))
-        .collect();
+    let pending_sections: Vec<&'static str> = Vec::new();
     Ok(Config {
         path: cx.path.to_path_buf(),
         name: raw.name.into_inner(),
@@ -612,6 +629,7 @@ fn validate(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         images,
         nbd,
         storage,
+        capture,
         access,
         pending_sections,
         warnings,
@@ -742,6 +760,50 @@ fn validate_images(cx: &Cx<'_>, section: &Spanned<RawImages>) -> Result<ImagesCo
         None => None,
     };
     Ok(ImagesConfig { dir, ca_file })
+}
+
+fn validate_capture(
+    cx: &Cx<'_>,
+    section: &Spanned<RawCapture>,
+) -> Result<CaptureConfig, ConfigError> {
+    let c = section.get_ref();
+    let source = |v: &S<String>| match v {
+        Some(s) if s.get_ref().trim().is_empty() => Err(cx.at(
+            s,
+            "a capture source must not be empty: a device, `sim:FILE` or a GStreamer pipeline",
+        )),
+        Some(s) => Ok(Some(s.get_ref().trim().to_string())),
+        None => Ok(None),
+    };
+    let video = source(&c.video)?;
+    let audio = source(&c.audio)?;
+    if video.is_none() && audio.is_none() {
+        return Err(cx.at(section, "[capture] needs `video`, `audio` or both"));
+    }
+    let dir = match &c.dir {
+        Some(d) if d.get_ref().is_empty() => return Err(cx.at(d, "`dir` must not be empty")),
+        // Relative to the config file's folder, as [images] dir.
+        Some(d) => cx.path.parent().unwrap_or(Path::new(".")).join(d.get_ref()),
+        None => {
+            return Err(cx.at(
+                section,
+                "[capture] needs `dir`: the folder snapshots and recordings land in",
+            ));
+        }
+    };
+    let quota_bytes = match &c.quota_mib {
+        Some(v) if !(1..=16 * 1024 * 1024).contains(v.get_ref()) => {
+            return Err(cx.at(v, "`quota_mib` must be 1 to 16777216"));
+        }
+        Some(v) => (*v.get_ref() as u64) << 20,
+        None => 1024 << 20,
+    };
+    Ok(CaptureConfig {
+        video,
+        audio,
+        dir,
+        quota_bytes,
+    })
 }
 
 fn validate_storage(cx: &Cx<'_>, s: &RawStorage) -> Result<StorageConfig, ConfigError> {

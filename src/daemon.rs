@@ -45,6 +45,7 @@ pub async fn run(config: Config, bus_choice: &BusChoice) -> ExitCode {
         board.nbd.clone(),
         board.storage.clone(),
         board.claims.clone(),
+        board.capture.clone(),
         board.gate.clone(),
     )
     .await

@@ -69,7 +69,9 @@ async fn prepare(bus: Option<BusChoice>) -> Result<Demo, String> {
         ..BoardSpec::default()
     };
     let board_port = console.master.try_clone().map_err(|e| e.to_string())?;
-    let board = SimBoard::start(board_port, spec, Events::log("board"))
+    // The screen and sound capture follows (docs/capture.md: `sim:FILE`).
+    let events = Events::log("board").with_screen(dir.join("screen"));
+    let board = SimBoard::start(board_port, spec, events)
         .map_err(|e| format!("cannot start the simulated board: {e}"))?;
     let pty = Pty::open(&dir.join("psu")).map_err(pty_error)?;
     let port = pty.master.try_clone().map_err(|e| e.to_string())?;
@@ -115,6 +117,9 @@ async fn prepare(bus: Option<BusChoice>) -> Result<Demo, String> {
     );
     println!(
         "                     rtmctl nbd export demo.img --cow   (then e.g. nbdinfo the URI it prints)"
+    );
+    println!(
+        "                     rtmctl capture snapshot; rtmctl capture tone 1000   (once booted)"
     );
     println!("  stop with Ctrl-C (the demo switches the board off as it stops)");
     Ok(Demo {

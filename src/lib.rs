@@ -4,6 +4,7 @@
 pub mod access;
 pub mod board;
 pub mod bus;
+pub mod capture;
 pub mod claims;
 pub mod config;
 pub mod console;

@@ -412,11 +412,15 @@ fn every_mutating_method_of_every_interface_is_refused_to_others() {
     std::fs::create_dir_all(configfs.join("udc")).unwrap();
     std::fs::write(configfs.join("udc").join("dummy_udc.0"), "").unwrap();
     std::fs::write(images.join("disk.img"), vec![0u8; 1 << 20]).unwrap();
+    let screen = dir.path().join("screen");
+    std::fs::write(&screen, "off\n").unwrap();
     let extra = format!(
         "[images]\ndir = \"images\"\n[nbd]\nlisten = \"127.0.0.1:{}\"\n\
-         [storage]\nconfigfs = \"{}\"\nkeyboard = true\nkey_delay_ms = 0\n",
+         [storage]\nconfigfs = \"{}\"\nkeyboard = true\nkey_delay_ms = 0\n\
+         [capture]\nvideo = \"sim:{2}\"\naudio = \"sim:{2}\"\ndir = \"captures\"\n",
         free_port(),
-        configfs.display()
+        configfs.display(),
+        screen.display()
     );
     let config = board("lab-1", &extra, dir.path());
     let d = Daemon::start_in(&bus, &config, dir);
@@ -457,6 +461,9 @@ fn every_mutating_method_of_every_interface_is_refused_to_others() {
             "org.rtmd.Dut1.Keyboard.Press",
             &["array:string:ctrl,alt,delete"],
         ),
+        ("org.rtmd.Dut1.Capture.Snapshot", &[]),
+        ("org.rtmd.Dut1.Capture.StartRecording", &["string:video"]),
+        ("org.rtmd.Dut1.Capture.StopRecording", &["string:video"]),
         ("org.rtmd.Dut1.Renew", &["uint32:60"]),
         ("org.rtmd.Dut1.Release", &[]),
     ];
@@ -472,6 +479,8 @@ fn every_mutating_method_of_every_interface_is_refused_to_others() {
     assert_eq!(d.property("org.rtmd.Dut1.Nbd", "Exported"), "b false");
     assert_eq!(d.property("org.rtmd.Dut1.Storage", "Attached"), "b false");
     assert_eq!(power_file(&d), "");
+    assert_eq!(d.property("org.rtmd.Dut1.Capture", "Artifacts"), "as 0");
+    assert_eq!(d.property("org.rtmd.Dut1.Capture", "Recording"), "as 0");
     // Reads stay open to nobody.
     assert!(dbus_send_as_nobody(&d, "org.rtmd.Dut1.Images.List", &[]).is_ok());
     assert!(

@@ -7,21 +7,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-/// The example binary cargo builds beside the tests (examples/gadget_vm.rs).
-fn driver() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile = exe.parent().unwrap().parent().unwrap();
-    let path = profile.join("examples/gadget_vm");
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--example", "gadget_vm"])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    path
-}
+mod common;
+use common::example;
 
 /// The hash in a line `TAG <sha256>  <file>`.
 fn hash<'a>(out: &'a str, tag: &str) -> &'a str {
@@ -36,7 +23,7 @@ fn gadget_in_a_vm() {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vm/run.sh");
     let output = Command::new("bash")
         .arg(script)
-        .arg(driver())
+        .arg(example("gadget_vm"))
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&output.stdout).replace('\r', "");

@@ -99,6 +99,10 @@ struct BoardArgs {
     /// The folder the board's shell runs in (default: a fresh temporary one).
     #[arg(long)]
     board_home: Option<PathBuf>,
+    /// Write the board's screen state (off, booting, booted) into FILE, for rtmd's capture
+    /// source `sim:FILE` (docs/capture.md).
+    #[arg(long, value_name = "FILE")]
+    board_screen: Option<PathBuf>,
 }
 
 /// A running simulated board and its console pty (both must live as long as the simulator).
@@ -124,7 +128,11 @@ impl BoardArgs {
             autoboot_secs: self.autoboot_secs,
             line_delay_ms: self.line_delay_ms,
         };
-        let board = SimBoard::start(master, spec, Events::stdout())
+        let events = match &self.board_screen {
+            Some(file) => Events::stdout().with_screen(file.clone()),
+            None => Events::stdout(),
+        };
+        let board = SimBoard::start(master, spec, events)
             .map_err(|e| format!("cannot start the board: {e}"))?;
         Ok(Some(Board {
             board,

@@ -6,6 +6,7 @@
 //! the subsystem, and translates the result.
 
 pub mod access;
+mod capture;
 mod console;
 mod dut;
 mod images;
@@ -132,6 +133,7 @@ pub async fn serve(
     nbd: Option<crate::nbd::Nbd>,
     storage: Option<crate::gadget::Storage>,
     claims: crate::claims::Claims,
+    capture: Option<crate::capture::Capture>,
     gate: Gate,
 ) -> Result<Connection, ConnectError> {
     let board = dut.name().to_string();
@@ -169,6 +171,9 @@ pub async fn serve(
                     builder.serve_at(PATH, keyboard::KeyboardIface::new(g.clone(), gate.clone()));
             }
         }
+    }
+    if let Some(c) = &capture {
+        builder = builder.serve_at(PATH, capture::CaptureIface::new(c.clone(), gate.clone()));
     }
     builder = builder
         .name(name.clone())
@@ -211,6 +216,11 @@ pub async fn serve(
     }
     if let Some(g) = storage {
         storage::spawn_change_signals(&connection, g)
+            .await
+            .map_err(fail)?;
+    }
+    if let Some(c) = capture {
+        capture::spawn_change_signals(&connection, c)
             .await
             .map_err(fail)?;
     }

@@ -282,6 +282,41 @@ fn storage_mistakes_are_located() {
 }
 
 #[test]
+fn capture_section_is_served_with_defaults() {
+    let c = parse_str(
+        "name = \"b\"\n[capture]\nvideo = \"/dev/rtm/b/hdmi\"\naudio = \"hw:CARD=MS2109\"\n\
+         dir = \"captures\"\n",
+    )
+    .unwrap();
+    let k = c.capture.unwrap();
+    assert_eq!(k.video.as_deref(), Some("/dev/rtm/b/hdmi"));
+    assert_eq!(k.audio.as_deref(), Some("hw:CARD=MS2109"));
+    assert_eq!(k.dir, Path::new("/etc/rtmd/captures"));
+    assert_eq!(k.quota_bytes, 1024 << 20);
+    assert!(c.pending_sections.is_empty());
+    let c =
+        parse_str("name = \"b\"\n[capture]\naudio = \"default\"\ndir = \"/c\"\nquota_mib = 5\n")
+            .unwrap();
+    let k = c.capture.unwrap();
+    assert!(k.video.is_none());
+    assert_eq!(k.quota_bytes, 5 << 20);
+}
+
+#[test]
+fn capture_mistakes_are_located() {
+    let e = err("name = \"b\"\n[capture]\ndir = \"/c\"\n");
+    assert!(e.message.contains("needs `video`, `audio` or both"), "{e}");
+    let e = err("name = \"b\"\n[capture]\nvideo = \"/dev/video0\"\n");
+    assert!(e.message.contains("needs `dir`"), "{e}");
+    let e = err("name = \"b\"\n[capture]\nvideo = \" \"\ndir = \"/c\"\n");
+    assert_eq!((e.line, e.column), (3, 9));
+    let e = err("name = \"b\"\n[capture]\nvideo = \"/dev/video0\"\ndir = \"/c\"\nquota_mib = 0\n");
+    assert_eq!((e.line, e.column), (5, 13));
+    let e = err("name = \"b\"\n[capture]\nvideo = \"/dev/video0\"\ndir = \"/c\"\n  fps = 30\n");
+    assert_eq!((e.line, e.column), (5, 3));
+}
+
+#[test]
 fn access_section_is_served_with_defaults() {
     let c = parse_str("name = \"b\"\n").unwrap();
     assert_eq!(c.access.on_release, OnRelease::Keep);

@@ -11,6 +11,7 @@ pub mod pty;
 pub mod supply;
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Where a simulator's event lines go.
@@ -36,5 +37,40 @@ impl Events {
 
     pub fn emit(&self, line: &str) {
         (self.0)(line)
+    }
+
+    /// These events, and the board's screen state written into `file` as the board goes
+    /// (`off`, `booting`, `booted`): what capture's `sim:FILE` sources follow (docs/capture.md).
+    /// The file is replaced atomically, so a reader never sees half a word.
+    pub fn with_screen(self, file: PathBuf) -> Events {
+        write_state(&file, "off");
+        let inner = self.0;
+        Events(Arc::new(move |line| {
+            inner(line);
+            if let Some(state) = screen_state(line) {
+                write_state(&file, state);
+            }
+        }))
+    }
+}
+
+/// What the simulated board's screen shows after an event line.
+pub fn screen_state(event: &str) -> Option<&'static str> {
+    match event {
+        "board off" | "board brown-out" | "board over-voltage" => Some("off"),
+        "board booting" => Some("booting"),
+        "board login prompt" | "board shell" => Some("booted"),
+        _ => None,
+    }
+}
+
+fn write_state(file: &Path, state: &str) {
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temporary = file.with_file_name(format!(".{name}.tmp"));
+    if std::fs::write(&temporary, format!("{state}\n")).is_ok() {
+        let _ = std::fs::rename(&temporary, file);
     }
 }

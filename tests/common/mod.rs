@@ -231,6 +231,25 @@ impl Bus {
     }
 }
 
+/// An example binary (examples/NAME.rs), built now: `cargo test --test X` alone does not
+/// build examples, and a stale one would test old code.
+pub fn example(name: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "--example", name])
+        .status()
+        .unwrap();
+    assert!(status.success(), "cargo build --example {name} failed");
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> -> target/<profile>/examples/<name>
+    exe.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name)
+}
+
 pub fn bin(name: &str) -> PathBuf {
     match name {
         "rtmd" => PathBuf::from(env!("CARGO_BIN_EXE_rtmd")),

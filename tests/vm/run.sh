@@ -4,12 +4,18 @@
 # the VM's configfs) on tests/vm/scenario. Prints the VM's serial console.
 #
 # usage: tests/vm/run.sh GADGET_VM_BINARY
+#        tests/vm/run.sh --capture CAPTURE_VM_BINARY
+# With --capture the VM loads `vivid` (V4L2 test devices) instead of running the gadget
+# scenario, and runs examples/capture_vm.rs on /dev/video0 with GStreamer's libraries and
+# the plugins capture uses copied in.
 # Caches under target/vm/: the kernel deb, its unpacked tree, the initramfs's fixed part.
 # Installs what it needs when missing (qemu-system-x86 from bookworm-backports, so it
 # co-installs with the qemu-utils 10 there; busybox-static, kmod, cpio).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
+mode=gadget
+if [ "${1:-}" = --capture ]; then mode=capture; shift; fi
 binary="$(realpath "$1")"
 vm="$repo/target/vm"
 mkdir -p "$vm/debs"
@@ -44,24 +50,26 @@ fi
 kernel=$(ls "$vm"/kernel/boot/vmlinuz-* | tail -1)
 moddir=$(ls -d "$vm"/kernel/lib/modules/* | tail -1)
 
+order=()
+declare -A seen=()
+add() {  # module name -> its dependencies first, then itself, copied into $modout
+  local m=$1 f dep
+  [ -n "${seen[$m]:-}" ] && return 0
+  seen[$m]=1
+  f=$(find "$moddir/kernel" -name "$m.ko" -o -name "${m//-/_}.ko" | head -1)
+  [ -n "$f" ] || return 0   # built in
+  for dep in $(modinfo -F depends "$f" | tr ',' ' '); do add "$dep"; done
+  cp "$f" "$modout/"
+  order+=("$(basename "$f" .ko)")
+}
+
 # The fixed part of the initramfs: busybox, the modules in load order, /init.
 base="$vm/initramfs-base"
 if [ ! -f "$base/.done" ] || [ "$here/run.sh" -nt "$base/.done" ]; then
   rm -rf "$base"
   mkdir -p "$base"/{bin,proc,sys,dev,tmp,images,lib/modules,lib64}
+  modout="$base/lib/modules"
   cp /bin/busybox "$base/bin/busybox"
-  order=()
-  declare -A seen=()
-  add() {  # module name -> its dependencies first, then itself
-    local m=$1 f dep
-    [ -n "${seen[$m]:-}" ] && return 0
-    seen[$m]=1
-    f=$(find "$moddir/kernel" -name "$m.ko" -o -name "${m//-/_}.ko" | head -1)
-    [ -n "$f" ] || return 0   # built in
-    for dep in $(modinfo -F depends "$f" | tr ',' ' '); do add "$dep"; done
-    cp "$f" "$base/lib/modules/"
-    order+=("$(basename "$f" .ko)")
-  }
   for m in configfs libcomposite usb_f_mass_storage usb_f_hid dummy_hcd usb-storage sd_mod \
            sr_mod usbhid hid-generic evdev; do add "$m"; done
   printf '%s\n' "${order[@]}" > "$base/modules.order"
@@ -78,10 +86,10 @@ while read m; do
     *) insmod /lib/modules/$m.ko ;;
   esac
 done < /modules.order
+[ -f /modules.extra ] && while read m; do insmod /lib/modules/$m.ko; done < /modules.extra
 mount -t configfs none /sys/kernel/config
-dd if=/dev/urandom of=/images/disk.img bs=1M count=32 2>/dev/null
 echo RTM-VM-START
-/gadget_vm /images < /scenario
+sh /test.sh
 echo "RTM-VM-END $?"
 poweroff -f
 INIT
@@ -93,14 +101,56 @@ fi
 work="$vm/initramfs"
 rm -rf "$work"
 cp -a "$base" "$work"
-cp "$binary" "$work/gadget_vm"
-cp "$here/scenario" "$work/scenario"
-for lib in $(ldd "$binary" | grep -o '/[^ ]*'); do
-  mkdir -p "$work$(dirname "$lib")"
-  cp -L "$lib" "$work$lib"
-done
+copy_libs() {  # the shared libraries of each file given
+  local lib
+  for lib in $(ldd "$@" 2>/dev/null | grep -o '/[^ :]*' | sort -u); do
+    mkdir -p "$work$(dirname "$lib")"
+    [ -e "$work$lib" ] || cp -L "$lib" "$work$lib"
+  done
+}
+if [ $mode = gadget ]; then
+  # Without debug info: the VM's RAM holds the initramfs, the image and its cow copy.
+  strip -o "$work/gadget_vm" "$binary"
+  cp "$here/scenario" "$work/scenario"
+  printf 'dd if=/dev/urandom of=/images/disk.img bs=1M count=32 2>/dev/null\n/gadget_vm /images < /scenario\n' > "$work/test.sh"
+  copy_libs "$binary"
+else
+  strip -o "$work/capture_vm" "$binary"
+  copy_libs "$binary"
+  # vivid and what it needs (not in the fixed part: the gadget test does not load it).
+  order=()
+  while read -r m; do seen[$m]=1; done < "$base/modules.order"
+  modout="$work/lib/modules"
+  add vivid
+  printf '%s\n' "${order[@]}" > "$work/modules.extra"
+  # GStreamer: the plugins capture uses, scanned in-process (no gst-plugin-scanner).
+  gst=/usr/lib/x86_64-linux-gnu/gstreamer-1.0
+  mkdir -p "$work/gst"
+  plugins=()
+  for p in coreelements video4linux2 videoconvertscale videorate app playback typefindfunctions jpeg \
+           matroska png; do
+    cp "$gst/libgst$p.so" "$work/gst/"
+    plugins+=("$gst/libgst$p.so")
+  done
+  copy_libs "${plugins[@]}"
+  cat > "$work/test.sh" <<'TEST'
+export GST_PLUGIN_SYSTEM_PATH=/gst GST_REGISTRY_FORK=no GST_REGISTRY=/tmp/gst-registry.bin
+ls /dev/video* | tr '\n' ' '; echo
+TEST
+  # Diagnostics (local): RTM_VM_EXTRA=FILE runs FILE instead of capture_vm, with
+  # gst-launch-1.0 and v4l2-ctl in the VM.
+  if [ -n "${RTM_VM_EXTRA:-}" ]; then
+    for b in /usr/bin/gst-launch-1.0 /usr/bin/v4l2-ctl; do cp "$b" "$work/bin/"; copy_libs "$b"; done
+    cat "$RTM_VM_EXTRA" >> "$work/test.sh"
+  else
+    echo '/capture_vm /dev/video0 /tmp/captures' >> "$work/test.sh"
+  fi
+fi
 (cd "$work" && find . -path ./.done -prune -o -print | cpio -o -H newc --quiet | gzip -1) > "$vm/initramfs.gz"
 
-exec timeout 110 qemu-system-x86_64 -accel tcg -m 512 -smp 1 -nographic -no-reboot \
+# TCG is slow: GStreamer scans its plugins and vivid gives 4K frames.
+limit=110
+[ $mode = capture ] && limit=${RTM_VM_LIMIT:-400}
+exec timeout $limit qemu-system-x86_64 -accel tcg -m 512 -smp 1 -nographic -no-reboot \
   -kernel "$kernel" -initrd "$vm/initramfs.gz" \
   -append "console=ttyS0 quiet loglevel=3 panic=-1"

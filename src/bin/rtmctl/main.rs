@@ -4,6 +4,7 @@
 //! (hardware, timeout, daemon not running), 2 on a usage or configuration error, 3 when the
 //! board is held by someone else; on failure one line on stderr says why.
 
+mod capture;
 mod console;
 mod image;
 mod keyboard;
@@ -122,6 +123,11 @@ enum Command {
         /// Only the last DURATION (e.g. 10m, 1h).
         #[arg(long, value_parser = humantime::parse_duration)]
         since: Option<Duration>,
+    },
+    /// The board's HDMI and audio capture: snapshots, recordings, screen and tone checks.
+    Capture {
+        #[command(subcommand)]
+        action: capture::CaptureAction,
     },
 }
 
@@ -271,6 +277,7 @@ async fn command(client: &Client, args: &Args) -> Result<Outcome, Failure> {
         Command::Nbd { action } => nbd::run(client, action).await.map(Outcome::Line),
         Command::UsbgMs { action } => usbg::run(client, action).await.map(Outcome::Line),
         Command::Keyboard { action } => keyboard::run(client, action).await.map(Outcome::Line),
+        Command::Capture { action } => capture::run(client, action).await.map(Outcome::Line),
         Command::Console { log: false, .. } => {
             let reply = client.call(CONSOLE, "Attach", &()).await?;
             let fd: zbus::OwnedFd = reply.body().deserialize().map_err(|e| client.fail(e))?;

@@ -4,7 +4,7 @@
 #       rtmctl power on  -> rtmd -> simulated Energenie strip (TCP, loopback)
 #       egctl            -> the same simulated strip (Debian's Energenie client)
 #       curl HTTP GET    -> pdudaemon (localcmdline driver), the request `pduclient -H` sends
-#                           (pduclient itself is in neither Debian nor PyPI)
+#                           (pduclient is not in Debian; its `import requests` alone costs ~100 ms)
 #       pdudaemon --drive: pdudaemon's own one-shot switch from the command line
 #     median and p99 of N runs each (hyperfine), and ratios against rtmctl;
 #  2. rtmd's idle RSS with power configured, beside pdudaemon's;

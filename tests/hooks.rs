@@ -478,8 +478,9 @@ fn session_proxy_counts_overlaps_only() {
 }
 
 /// A lab supply that does not answer (unpowered, or its adapter on another device), with the
-/// defaults: the hook still ends with one line and exit 1. How long it takes is printed: the
-/// request waits behind rtmd's measurement polls, which fail slowly against a silent supply.
+/// defaults: the hook still ends with one line and exit 1. How long it takes is printed
+/// (docs/lava.md quotes it): requests go before measurement polls, and a poll of a silent
+/// supply is one attempt.
 #[test]
 fn failing_supply_hook_prints_one_line_and_exits_1_with_the_defaults() {
     // A pseudo-terminal nobody answers on: rtmd talks to the slave, the master stays silent.

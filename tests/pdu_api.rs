@@ -1,5 +1,8 @@
-//! rtmd's pdudaemon-compatible API: the HTTP requests `pduclient -H` sends (made with curl)
-//! and pdudaemon's legacy TCP line (made with socat), switching the simulated strip.
+//! rtmd's pdudaemon-compatible API. The real `pduclient` (pdudaemon 1.1.1's, fetched by
+//! scripts/pduclient-setup: Debian ships only the daemon) against rtmd in a network namespace
+//! of the test's own, since pduclient always connects to port 16421; and the same requests
+//! made with curl (HTTP) and socat (pdudaemon's legacy TCP line) on free ports, switching the
+//! simulated strip, with the bad requests.
 
 mod common;
 
@@ -29,6 +32,89 @@ fn legacy(port: u16, line: &str) -> String {
     // Like pduclient: the line without a newline, then wait for the answer.
     std::io::Write::write_all(&mut child.stdin.take().unwrap(), line.as_bytes()).unwrap();
     text(&child.wait_with_output().unwrap().stdout)
+}
+
+/// The path of pdudaemon's real client (scripts/pduclient-setup).
+fn pduclient() -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pduclient-setup");
+    let out = Command::new(script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "scripts/pduclient-setup failed: {}",
+        text(&out.stderr)
+    );
+    text(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn the_real_pduclient_switches_the_board_over_http_and_the_legacy_protocol() {
+    // A network namespace needs root; CI runs as root, like the other namespace tests.
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "this test makes a network namespace: run the suite as root (scripts/test)"
+    );
+    require("unshare");
+    require("nsenter");
+    require("ip");
+    let client = pduclient();
+    let bus = Bus::start();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("outlet");
+    std::fs::write(&state, "off\n").unwrap();
+    let s = state.display();
+    // pduclient has no port option: HTTP and the legacy protocol both go to port 16421, so
+    // they listen on two loopback addresses (on a dispatcher: two addresses, or one of them).
+    let config = format!(
+        "name = \"rpi4-01\"\n[power]\nbackend = \"command\"\non_command = \"echo on > {s}\"\n\
+         off_command = \"echo off > {s}\"\nstatus_command = \"cat {s}\"\ncycle_off_ms = 10\n\
+         [pdudaemon_api]\nlisten = \"127.0.0.1:16421\"\nlisten_tcp = \"127.0.0.2:16421\"\n\
+         hostname = \"lab-pdu\"\nport = 3\n"
+    );
+    let path = dir.path().join("board.toml");
+    std::fs::write(&path, config).unwrap();
+    // rtmd in a network namespace of its own (the D-Bus socket is a path: reachable from
+    // it), loopback up; `exec` keeps its pid, whose namespace pduclient then enters.
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-n", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
+        .arg(bin("rtmd"))
+        .arg("--config")
+        .arg(&path)
+        .args(["--bus-address", &bus.address, "--log", "stderr"])
+        .env("RUST_LOG", "info");
+    let mut rtmd = Proc::spawn("rtmd", cmd, true);
+    rtmd.wait_line("ready on");
+    let netns = format!("--net=/proc/{}/ns/net", rtmd.child.id());
+    let run = |daemon: &str, http: bool, hostname: &str, command: &str| {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(&netns).args(["python3", &client]);
+        if http {
+            cmd.arg("-H");
+        }
+        cmd.args(["--daemon", daemon, "--hostname", hostname, "--port", "3"])
+            .args(["--command", command]);
+        let out = cmd.output().unwrap();
+        (out.status.code(), text(&out.stdout).trim().to_string())
+    };
+    let outlet = || std::fs::read_to_string(&state).unwrap().trim().to_string();
+    let ok = (Some(0), "Command sent successfully.".to_string());
+
+    assert_eq!(run("127.0.0.1", true, "lab-pdu", "on"), ok);
+    assert_eq!(outlet(), "on");
+    assert_eq!(run("127.0.0.2", false, "lab-pdu", "off"), ok);
+    assert_eq!(outlet(), "off");
+    assert_eq!(run("127.0.0.1", true, "lab-pdu", "reboot"), ok);
+    assert_eq!(outlet(), "on");
+    // What it says when rtmd refuses: another PDU, over either protocol; nothing switched.
+    let (code, line) = run("127.0.0.1", true, "other-pdu", "off");
+    assert_eq!(code, Some(127), "{line}");
+    assert!(line.contains("404"), "{line}");
+    let (code, line) = run("127.0.0.2", false, "other-pdu", "off");
+    assert_eq!(
+        (code, line.as_str()),
+        (Some(127), "Error sending command! 127.0.0.2 replied: nack")
+    );
+    assert_eq!(outlet(), "on");
+    assert!(rtmd.is_running());
 }
 
 #[test]

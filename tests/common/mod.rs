@@ -33,6 +33,25 @@ pub struct Proc {
     pub name: String,
     /// Its input, when started with [`Proc::spawn_stdin`].
     pub stdin: Option<std::process::ChildStdin>,
+    /// Its output pipes, for [`Proc::settle`].
+    pipes: Vec<Pipe>,
+}
+
+/// An output pipe of a child: a second descriptor of it (to ask how much is unread), and
+/// how many bytes its reader thread has read but not yet filed as lines.
+struct Pipe {
+    fd: std::os::fd::OwnedFd,
+    unfiled: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Pipe {
+    fn settled(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut unread: nix::libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int through the pointer, which outlives the call.
+        let r = unsafe { nix::libc::ioctl(self.fd.as_raw_fd(), nix::libc::FIONREAD, &mut unread) };
+        r == 0 && unread == 0 && self.unfiled.load(std::sync::atomic::Ordering::SeqCst) == 0
+    }
 }
 
 impl Proc {
@@ -68,15 +87,26 @@ impl Proc {
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         let lines = Arc::new(Mutex::new(Vec::new()));
         let out = child.stdout.take().unwrap();
-        collect(out, lines.clone());
+        let mut pipes = vec![collect(out, lines.clone())];
         if let Some(err) = child.stderr.take() {
-            collect(err, lines.clone());
+            pipes.push(collect(err, lines.clone()));
         }
         Proc {
             child,
             lines,
             name: name.to_string(),
             stdin: None,
+            pipes,
+        }
+    }
+
+    /// Waits (at most 2 s) until every byte the child wrote so far is filed as a line: the
+    /// reader threads may lag behind the pipe, e.g. a simulator's event written just before
+    /// it answered the request the test made.
+    pub fn settle(&self) {
+        let start = Instant::now();
+        while !self.pipes.iter().all(Pipe::settled) && start.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
@@ -103,12 +133,16 @@ impl Proc {
         }
     }
 
+    /// Everything it printed so far ([`Proc::settle`]d).
     pub fn text(&self) -> String {
+        self.settle();
         self.lines.lock().unwrap().join("\n")
     }
 
-    /// Lines containing `needle`, in order.
+    /// Lines containing `needle`, in order, of everything it printed so far
+    /// ([`Proc::settle`]d).
     pub fn matching(&self, needle: &str) -> Vec<String> {
+        self.settle();
         self.lines
             .lock()
             .unwrap()
@@ -118,7 +152,10 @@ impl Proc {
             .collect()
     }
 
+    /// Forgets what it printed so far ([`Proc::settle`]d first, so nothing printed before
+    /// is filed after).
     pub fn clear(&self) {
+        self.settle();
         self.lines.lock().unwrap().clear();
     }
 
@@ -162,13 +199,46 @@ impl Drop for Proc {
     }
 }
 
-fn collect(stream: impl Read + Send + 'static, lines: Arc<Mutex<Vec<String>>>) {
+/// Files a child's output pipe as lines, on a thread of its own.
+fn collect<R>(stream: R, lines: Arc<Mutex<Vec<String>>>) -> Pipe
+where
+    R: Read + std::os::fd::AsFd + Send + 'static,
+{
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let fd = stream.as_fd().try_clone_to_owned().unwrap();
+    let unfiled = Arc::new(AtomicUsize::new(0));
+    struct Counting<R> {
+        inner: R,
+        unfiled: Arc<AtomicUsize>,
+    }
+    impl<R: Read> Read for Counting<R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.unfiled.fetch_add(n, Ordering::SeqCst);
+            Ok(n)
+        }
+    }
+    let counter = unfiled.clone();
     std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            lines.lock().unwrap().push(line);
+        let mut reader = BufReader::new(Counting {
+            inner: stream,
+            unfiled: counter.clone(),
+        });
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let text = String::from_utf8_lossy(&line);
+                    let text = text.trim_end_matches(['\n', '\r']).to_string();
+                    lines.lock().unwrap().push(text);
+                    counter.fetch_sub(n, Ordering::SeqCst);
+                }
+            }
         }
     });
+    Pipe { fd, unfiled }
 }
 
 /// A private bus: `dbus-daemon --session` on a socket in a temporary folder.

@@ -194,7 +194,10 @@ impl Console {
         let (tx, rx) = oneshot::channel();
         let gone = || ConsoleError::Hardware("the console task has stopped".to_string());
         self.input
-            .send(Input::Break(tx))
+            .send(Input::Break {
+                from: "D-Bus SendBreak".to_string(),
+                reply: tx,
+            })
             .await
             .map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
@@ -371,7 +374,8 @@ where
             }
             if brk {
                 let (tx, _rx) = oneshot::channel();
-                let _ = input.send(Input::Break(tx)).await;
+                let from = format!("telnet BREAK from {label}");
+                let _ = input.send(Input::Break { from, reply: tx }).await;
             }
             if !data.is_empty() && input.send(Input::Data(Bytes::from(data))).await.is_err() {
                 break;

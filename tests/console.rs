@@ -822,3 +822,127 @@ fn rtmctl_console_log_follow_reads_every_line_once_across_rotations() {
         follow.text()
     );
 }
+
+/// The `org.rtmd.Dut1.Console` property changes in a `busctl monitor --json=short` line, in
+/// order: `Connected=true`, `Clients=2`, ...
+fn console_changes(monitor: &Proc) -> Vec<String> {
+    let mut changes = Vec::new();
+    for line in monitor.matching("\"org.rtmd.Dut1.Console\"") {
+        for (name, ty) in [("Connected", "b"), ("Clients", "u")] {
+            let key = format!("\"{name}\":{{\"type\":\"{ty}\",\"data\":");
+            if let Some(at) = line.find(&key) {
+                let value = line[at + key.len()..].split('}').next().unwrap();
+                changes.push(format!("{name}={value}"));
+            }
+        }
+    }
+    changes
+}
+
+#[test]
+fn connected_and_clients_changes_are_signalled() {
+    let bus = Bus::start();
+    let dir = tempfile::tempdir().unwrap();
+    let w = wire(dir.path());
+    let d = Daemon::start_in(
+        &bus,
+        &console_config(&w.dev, ""),
+        tempfile::tempdir().unwrap(),
+    );
+    eventually("connected", || {
+        d.property("org.rtmd.Dut1.Console", "Connected") == "b true"
+    });
+    let monitor = {
+        let mut cmd = Command::new("busctl");
+        cmd.arg(format!("--address={}", bus.address)).args([
+            "monitor",
+            "--json=short",
+            "--match",
+            "type='signal',interface='org.freedesktop.DBus.Properties',path='/org/rtmd/Dut1'",
+        ]);
+        Proc::spawn("busctl monitor", cmd, true)
+    };
+    monitor.wait_line("Monitoring");
+    let wait = |change: &str| {
+        eventually(change, || {
+            console_changes(&monitor).contains(&change.to_string())
+        });
+    };
+
+    let client = tcp(&addr(&d, "TcpRawAddress"));
+    wait("Clients=1");
+    let second = tcp(&addr(&d, "TcpRawAddress"));
+    wait("Clients=2");
+    drop(second);
+    eventually("one left", || {
+        console_changes(&monitor).last().map(String::as_str) == Some("Clients=1")
+    });
+    // Unplug and replug: the client stays, Connected goes false and back.
+    drop(w);
+    wait("Connected=false");
+    let _w = wire(dir.path());
+    wait("Connected=true");
+    drop(client);
+    eventually("client gone", || {
+        console_changes(&monitor).last().map(String::as_str) == Some("Clients=0")
+    });
+    assert_eq!(
+        console_changes(&monitor),
+        [
+            "Clients=1",
+            "Clients=2",
+            "Clients=1",
+            "Connected=false",
+            "Connected=true",
+            "Clients=0"
+        ],
+        "{}",
+        monitor.text()
+    );
+}
+
+#[test]
+fn a_client_joining_late_gets_no_replay_of_earlier_output() {
+    let mut r = rig("");
+    let raw = addr(&r.daemon, "TcpRawAddress");
+    let mut early = tcp(&raw);
+    eventually("early client", || {
+        r.daemon.property("org.rtmd.Dut1.Console", "Clients") == "u 1"
+    });
+    r.board.write_all(b"old prompt login: \n").unwrap();
+    read_until(&mut early, b"login: \n");
+    let mut late = tcp(&raw);
+    eventually("late client", || {
+        r.daemon.property("org.rtmd.Dut1.Console", "Clients") == "u 2"
+    });
+    r.board.write_all(b"new output\n").unwrap();
+    assert_eq!(read_until(&mut early, b"new output\n"), b"new output\n");
+    assert_eq!(
+        read_until(&mut late, b"new output\n"),
+        b"new output\n",
+        "the late client got earlier output"
+    );
+}
+
+#[test]
+fn rtmctl_console_pipe_mode_exits_with_one_line_when_rtmd_stops() {
+    let mut r = rig("");
+    let mut cmd = Command::new(bin("rtmctl"));
+    cmd.args(["--bus-address", &r.daemon.bus, "--dut", "con-1", "console"]);
+    // stdin stays open: the session ends because rtmd went, not because input did.
+    let mut rtmctl = Proc::spawn_stdin("rtmctl console", cmd);
+    eventually("attached", || {
+        r.daemon.property("org.rtmd.Dut1.Console", "Clients") == "u 1"
+    });
+    r.board.write_all(b"hello\n").unwrap();
+    rtmctl.wait_line("hello");
+    let stopped = r.daemon.proc.signal_and_wait("TERM");
+    assert!(stopped.success(), "{}", r.daemon.proc.text());
+    let status = rtmctl.wait();
+    assert!(!status.success(), "{status}");
+    // (`text` joins lines without their ends.)
+    assert_eq!(
+        rtmctl.text(),
+        "hello\nrtmctl: con-1: rtmd closed the console"
+    );
+}

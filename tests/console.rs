@@ -539,6 +539,34 @@ fn send_break_works_while_connected_and_is_refused_while_unplugged() {
     assert!(sent.contains("for 250 ms"), "{sent}");
     assert_eq!(d.proc.matching("break sent on").len(), 2);
     drop(client);
+    // The real telnet client: Ctrl-] then `send brk` (its stdin is a pipe; it reads the
+    // command line from it all the same).
+    require("telnet");
+    let address = addr(&d, "TcpAddress");
+    let (host, port) = address.rsplit_once(':').unwrap();
+    let mut telnet = Command::new("telnet")
+        .args([host, port])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut tin = telnet.stdin.take().unwrap();
+    let mut tout = telnet.stdout.take().unwrap();
+    read_until(&mut tout, b"Escape character");
+    tin.write_all(b"ab").unwrap();
+    assert_eq!(read_until(&mut board, b"ab"), b"ab");
+    tin.write_all(b"\x1d").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    tin.write_all(b"send brk\n").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    tin.write_all(b"cd").unwrap();
+    assert_eq!(read_until(&mut board, b"cd"), b"cd");
+    eventually("a third break", || {
+        d.proc.matching("requested by telnet BREAK").len() == 2
+    });
+    let _ = telnet.kill();
+    let _ = telnet.wait();
     drop(board);
     drop(w);
     eventually("disconnected", || {

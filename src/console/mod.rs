@@ -194,7 +194,10 @@ impl Console {
         let (tx, rx) = oneshot::channel();
         let gone = || ConsoleError::Hardware("the console task has stopped".to_string());
         self.input
-            .send(Input::Break(tx))
+            .send(Input::Break {
+                from: "D-Bus SendBreak".to_string(),
+                reply: tx,
+            })
             .await
             .map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
@@ -357,24 +360,39 @@ where
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            let (data, brk) = if telnet {
-                let d = decoder.decode(&buf[..n]);
-                if !d.reply.is_empty() {
-                    let _ = reply_tx.send(d.reply);
+            if !telnet {
+                if hub.may_write(id_may_write)
+                    && input
+                        .send(Input::Data(Bytes::copy_from_slice(&buf[..n])))
+                        .await
+                        .is_err()
+                {
+                    return;
                 }
-                (d.data, d.brk)
-            } else {
-                (buf[..n].to_vec(), false)
-            };
+                continue;
+            }
+            let mut decoded = decoder.decode(&buf[..n]);
+            if !decoded.reply.is_empty() {
+                let _ = reply_tx.send(std::mem::take(&mut decoded.reply));
+            }
             if !hub.may_write(id_may_write) {
                 continue;
             }
-            if brk {
-                let (tx, _rx) = oneshot::channel();
-                let _ = input.send(Input::Break(tx)).await;
-            }
-            if !data.is_empty() && input.send(Input::Data(Bytes::from(data))).await.is_err() {
-                break;
+            for step in decoded.input() {
+                let sent = match step {
+                    telnet::ToBoard::Data(data) => {
+                        input.send(Input::Data(Bytes::copy_from_slice(data))).await
+                    }
+                    telnet::ToBoard::Break => {
+                        // The reply is not awaited: a telnet client gets no answer to BREAK.
+                        let (tx, _rx) = oneshot::channel();
+                        let from = format!("telnet BREAK from {label}");
+                        input.send(Input::Break { from, reply: tx }).await
+                    }
+                };
+                if sent.is_err() {
+                    return;
+                }
             }
         }
     };

@@ -30,7 +30,11 @@ const READ_CHUNK: usize = 64 * 1024;
 
 pub enum Input {
     Data(Bytes),
-    Break(oneshot::Sender<Result<(), ConsoleError>>),
+    /// A break, from whom (for the log line that says it was sent), and where to answer.
+    Break {
+        from: String,
+        reply: oneshot::Sender<Result<(), ConsoleError>>,
+    },
 }
 
 pub struct Owner {
@@ -179,8 +183,21 @@ impl Owner {
                             return Some(e.to_string());
                         }
                     }
-                    Some(Input::Break(reply)) => {
-                        let _ = reply.send(send_break(&port).await);
+                    Some(Input::Break { from, reply }) => {
+                        let sent = send_break(&port).await;
+                        if sent.is_ok() {
+                            // The evidence that a break went out: a pseudo-terminal (the
+                            // tests' board) accepts TIOCSBRK and does nothing with it, so
+                            // nothing on the board side can see one.
+                            info!(
+                                subsystem = "console",
+                                "break sent on {} for {} ms (requested by {from})",
+                                self.config.device.display(),
+                                BREAK.as_millis()
+                            );
+                            self.note(&format!("break sent for {} ms", BREAK.as_millis()));
+                        }
+                        let _ = reply.send(sent);
                     }
                 },
             }
@@ -196,7 +213,7 @@ impl Owner {
                 input = self.input.recv() => match input {
                     None => return false,
                     Some(Input::Data(_)) => {} // nobody to type to; the sender was told
-                    Some(Input::Break(reply)) => {
+                    Some(Input::Break { reply, .. }) => {
                         let _ = reply.send(Err(ConsoleError::NotConnected(self.config.device.display().to_string())));
                     }
                 },

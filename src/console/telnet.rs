@@ -41,8 +41,36 @@ pub struct Decoded {
     pub data: Vec<u8>,
     /// Negotiation answers for the client.
     pub reply: Vec<u8>,
-    /// The client asked for a serial break.
-    pub brk: bool,
+    /// Where the client asked for a serial break: offsets into `data`, in order. The bytes
+    /// before an offset go to the board before that break (Magic SysRq is a break and then
+    /// the command key: "\n" IAC BRK "b" must not become a break and then "\nb").
+    pub breaks: Vec<usize>,
+}
+
+/// One step of a client's input, in the order the client sent it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ToBoard<'a> {
+    Data(&'a [u8]),
+    Break,
+}
+
+impl Decoded {
+    /// The data and breaks in the order they came, without empty data steps.
+    pub fn input(&self) -> Vec<ToBoard<'_>> {
+        let mut steps = Vec::new();
+        let mut from = 0;
+        for &at in &self.breaks {
+            if at > from {
+                steps.push(ToBoard::Data(&self.data[from..at]));
+            }
+            steps.push(ToBoard::Break);
+            from = at;
+        }
+        if from < self.data.len() {
+            steps.push(ToBoard::Data(&self.data[from..]));
+        }
+        steps
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -108,7 +136,7 @@ impl Decoder {
                 (State::Iac, DO | DONT | WILL | WONT) => State::Option(b),
                 (State::Iac, SB) => State::Sub,
                 (State::Iac, BRK) => {
-                    out.brk = true;
+                    out.breaks.push(out.data.len());
                     State::Data
                 }
                 // NOP, AYT, GA and friends: nothing for the board.
@@ -199,7 +227,32 @@ mod tests {
     fn break_is_reported() {
         let mut d = Decoder::new();
         let r = d.decode(&[b'a', IAC, BRK, b'b']);
-        assert!(r.brk);
+        assert_eq!(r.breaks, [1]);
         assert_eq!(r.data, b"ab");
+        let r = d.decode(&[IAC, BRK, b'\n', IAC, BRK, IAC, BRK]);
+        assert_eq!(r.breaks, [0, 1, 1]);
+        assert_eq!(r.data, b"\n");
+    }
+
+    #[test]
+    fn input_splits_around_breaks_in_order() {
+        let d = Decoded {
+            data: b"\nb".to_vec(),
+            breaks: vec![1],
+            reply: Vec::new(),
+        };
+        assert_eq!(
+            d.input(),
+            [ToBoard::Data(b"\n"), ToBoard::Break, ToBoard::Data(b"b")]
+        );
+        let d = Decoded {
+            data: b"x".to_vec(),
+            breaks: vec![0, 0],
+            reply: Vec::new(),
+        };
+        assert_eq!(
+            d.input(),
+            [ToBoard::Break, ToBoard::Break, ToBoard::Data(b"x")]
+        );
     }
 }

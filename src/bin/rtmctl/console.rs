@@ -173,6 +173,12 @@ fn copy_input(to_board: &mut UnixStream, interactive: bool) -> bool {
 
 /// `rtmctl console --log [--follow]`: the log file, and with `--follow` what is appended
 /// (across rotations), until interrupted.
+///
+/// rtmd rotates by renaming `console.log` to `console.log.1` and creating a new
+/// `console.log`, and writes nothing more to a file once it is renamed. So on seeing another
+/// file at the path, the follower first reads the old one (still open here) to its end, then
+/// any whole files rotated past in between (found by inode among `console.log.<k>`), and only
+/// then moves on: every line once, in order.
 pub fn show_log(board: &str, path: &Path, follow: bool) -> ExitCode {
     let open = || std::fs::File::open(path);
     let mut file = match open() {
@@ -185,37 +191,86 @@ pub fn show_log(board: &str, path: &Path, follow: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let inode = |f: &std::fs::File| {
-        f.metadata()
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-            .ok()
-    };
     let mut current = inode(&file);
     let mut stdout = std::io::stdout().lock();
-    loop {
-        match std::io::copy(&mut file, &mut stdout) {
-            Ok(_) => {}
-            Err(e) => {
-                eprintln!("rtmctl: {board}: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
+    let mut copy = |file: &mut std::fs::File| {
+        let copied = std::io::copy(file, &mut stdout);
         let _ = stdout.flush();
+        copied.map_err(|e| {
+            eprintln!("rtmctl: {board}: {e}");
+            ExitCode::FAILURE
+        })
+    };
+    loop {
+        if let Err(code) = copy(&mut file) {
+            return code;
+        }
         if !follow {
             return ExitCode::SUCCESS;
         }
         std::thread::sleep(Duration::from_millis(200));
-        // Rotated: the path now names another file. What was left in the old one was
-        // copied above; continue from the new one's start.
-        let now = std::fs::metadata(path)
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-            .ok();
-        if now.is_some()
-            && now != current
-            && let Ok(f) = open()
-        {
-            current = inode(&f);
-            file = f;
+        let Ok(meta) = std::fs::metadata(path) else {
+            continue; // between rtmd's rename and its creating the new file
+        };
+        let now = Some(std::os::unix::fs::MetadataExt::ino(&meta));
+        if now == current {
+            // `log_keep = 0` rotates by truncating the same file: start it again.
+            if let Ok(pos) = std::io::Seek::stream_position(&mut file)
+                && meta.len() < pos
+            {
+                let _ = std::io::Seek::rewind(&mut file);
+            }
+            continue;
         }
+        let Ok(next) = open() else { continue };
+        // Rotated: the rest of the old file first (rtmd wrote it before the rename).
+        if let Err(code) = copy(&mut file) {
+            return code;
+        }
+        match rotated_past(path, current, inode(&next)) {
+            Some(between) => {
+                for mut f in between {
+                    if let Err(code) = copy(&mut f) {
+                        return code;
+                    }
+                }
+            }
+            None => eprintln!(
+                "rtmctl: {board}: the log rotated faster than it could be followed; \
+                 some lines are only in older files or gone"
+            ),
+        }
+        current = inode(&next);
+        file = next;
     }
+}
+
+fn inode(f: &std::fs::File) -> Option<u64> {
+    f.metadata()
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .ok()
+}
+
+/// Files rotated out between the one followed until now (`old`) and the one at the path now
+/// (`new`), oldest first, opened; `None` when `old` is no longer among the rotated files (it
+/// was deleted past `log_keep`), so what came between cannot be known.
+fn rotated_past(path: &Path, old: Option<u64>, new: Option<u64>) -> Option<Vec<std::fs::File>> {
+    let mut rotated = Vec::new();
+    for k in 1.. {
+        let Ok(f) = std::fs::File::open(format!("{}.{k}", path.display())) else {
+            break;
+        };
+        let ino = inode(&f);
+        if ino == old {
+            // Newer files come first in `rotated`; `new` may itself have been rotated
+            // since it was opened, and whatever is newer than it is read after it.
+            let after_new = rotated
+                .iter()
+                .position(|(i, _)| *i == new)
+                .map_or(0, |p| p + 1);
+            return Some(rotated.drain(after_new..).rev().map(|(_, f)| f).collect());
+        }
+        rotated.push((ino, f));
+    }
+    None
 }

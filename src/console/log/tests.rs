@@ -38,3 +38,42 @@ fn rotates_by_size_and_keeps_n_files() {
         assert!(std::fs::metadata(dir.path().join(f)).unwrap().len() <= 100 + 40);
     }
 }
+
+#[test]
+fn a_line_without_end_rotates_mid_line_past_the_slack() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = ConsoleLog::open(dir.path(), 4096, 4).unwrap();
+    // 250 KB of output without one newline, in serial-read-sized pieces.
+    let piece = vec![b'x'; 1000];
+    for _ in 0..250 {
+        log.write(&piece, at(0)).unwrap();
+    }
+    let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+    let files = [
+        "console.log.3",
+        "console.log.2",
+        "console.log.1",
+        "console.log",
+    ];
+    let stamp = "1970-01-01T00:00:00.000Z ";
+    let note = format!("\n{stamp}[rtmd] {CUT_NOTE}\n");
+    let mut xs = 0;
+    for (i, f) in files.iter().enumerate() {
+        let text = read(f);
+        let limit = 4096 + MID_LINE_SLACK as usize + note.len();
+        assert!(text.len() <= limit, "{f} is {} bytes", text.len());
+        // Each file starts the line (again) with a timestamp; all but the newest end with
+        // the note that the line was cut.
+        assert!(text.starts_with(stamp), "{f}");
+        let body = if i < files.len() - 1 {
+            assert!(text.ends_with(&note), "{f}");
+            &text[stamp.len()..text.len() - note.len()]
+        } else {
+            &text[stamp.len()..]
+        };
+        assert!(body.bytes().all(|b| b == b'x'), "{f}");
+        xs += body.len();
+    }
+    assert!(!dir.path().join("console.log.4").exists());
+    assert_eq!(xs, 250 * 1000, "bytes lost or repeated at the cuts");
+}

@@ -62,6 +62,48 @@ fn switches_the_outlet_and_reports_the_confirmed_state() {
 }
 
 #[test]
+fn cycle_waits_cycle_off_ms_unless_rtmctl_gives_off_ms() {
+    let bus = Bus::start();
+    let (strip, port) = strip(&[]);
+    let config = egpms_config(port, "", "").replace("cycle_off_ms = 50", "cycle_off_ms = 400");
+    let d = Daemon::start(&bus, &config);
+    d.proc.wait_line("initial state off");
+    // `rtmctl power cycle` sends Cycle(0): the board's cycle_off_ms.
+    for (args, off_ms) in [
+        (&["power", "cycle"][..], 400),
+        (&["power", "cycle", "--off-ms", "900"][..], 900),
+    ] {
+        d.proc.clear();
+        strip.clear();
+        assert_eq!(ok_line(&d.rtmctl(args)), "rpi4-01: power on", "{args:?}");
+        assert_eq!(strip.matching("outlet"), ["outlet 2 off", "outlet 2 on"]);
+        // The daemon says which off time it used, between the confirmed off and the on ...
+        let log = d.proc.matching("power ");
+        let at = |message: &str| {
+            log.iter()
+                .position(|l| log_message(l) == message)
+                .unwrap_or_else(|| panic!("no {message:?} in the log: {log:#?}"))
+        };
+        let (off, waiting, on) = (
+            at("power off"),
+            at(&format!("power cycle: off for {off_ms} ms")),
+            at("power on"),
+        );
+        assert!(off < waiting && waiting < on, "{log:#?}");
+        assert_eq!(d.proc.matching("power cycle:").len(), 1, "{log:#?}");
+        // ... and did wait that long: the daemon's own timestamps of the two confirmations
+        // are at least the off time apart (a lower bound; the wait sits between them).
+        let gap = log_time(&log[on])
+            .duration_since(log_time(&log[off]))
+            .unwrap();
+        assert!(
+            gap >= std::time::Duration::from_millis(off_ms),
+            "off for {gap:?}, wanted {off_ms} ms: {log:#?}"
+        );
+    }
+}
+
+#[test]
 fn resends_the_start_byte_to_a_strip_that_ignores_it() {
     let bus = Bus::start();
     let (strip, port) = strip(&["--password", "pw", "--ignore-starts", "2"]);

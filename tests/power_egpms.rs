@@ -138,6 +138,42 @@ fn wrong_password_is_a_named_hardware_error_and_the_daemon_lives_on() {
 }
 
 #[test]
+fn an_outlet_that_ignores_switching_is_a_named_mismatch_and_the_daemon_lives_on() {
+    let bus = Bus::start();
+    let (strip, port) = strip(&["--stuck-outlet", "2"]);
+    let mut d = Daemon::start(&bus, &egpms_config(port, "", ""));
+    d.proc.wait_line("initial state off");
+    let line = err_line(&d.rtmctl(&["power", "on"]), 1);
+    assert!(
+        line.contains("reports outlet 2 off after switching it on"),
+        "{line}"
+    );
+    // The frame reached the strip, which ignored it; a mismatch is not retried.
+    assert_eq!(
+        strip.matching("outlet"),
+        ["outlet 2 stuck, ignored on"],
+        "{}",
+        strip.text()
+    );
+    let out = d.dbus_send("org.rtmd.Dut1.Power.On", &[]);
+    let stderr = text(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("org.rtmd.Dut1.Error.Hardware"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("after switching it on"), "{stderr}");
+    assert!(d.proc.is_running());
+    // After a failed switch the daemon does not claim to know the state.
+    assert_eq!(d.property("org.rtmd.Dut1.Power", "State"), "s \"unknown\"");
+    assert!(
+        d.property("org.rtmd.Dut1.Power", "LastError")
+            .contains("after switching it on")
+    );
+    // And it still serves: switching off agrees with the stuck relay.
+    assert_eq!(ok_line(&d.rtmctl(&["power", "off"])), "rpi4-01: power off");
+}
+
+#[test]
 fn unreachable_strip_fails_after_retries_and_the_daemon_lives_on() {
     let bus = Bus::start();
     // A port nobody listens on: bind, note it, close.

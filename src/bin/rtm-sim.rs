@@ -39,6 +39,10 @@ enum Device {
         /// Outlets on at start, e.g. `--on 1 --on 3`.
         #[arg(long = "on")]
         on: Vec<u8>,
+        /// Fault: an outlet whose relay ignores switching (welded or dead). The strip
+        /// acknowledges the control frame and reports the unchanged state; repeatable.
+        #[arg(long = "stuck-outlet", value_name = "N", value_parser = clap::value_parser!(u8).range(1..=4))]
+        stuck_outlets: Vec<u8>,
         #[command(flatten)]
         board: BoardArgs,
     },
@@ -193,6 +197,7 @@ fn run(device: Device) -> Result<(), String> {
             password,
             ignore_starts,
             on,
+            stuck_outlets,
             board,
         } => {
             let model = match model {
@@ -231,6 +236,7 @@ fn run(device: Device) -> Result<(), String> {
                     model,
                     password: password.into_bytes(),
                     ignore_starts,
+                    stuck_outlets,
                 };
                 rtmd::sim::egpms::serve(listener, spec, Arc::new(Mutex::new(outlets)), events)
                     .await;

@@ -182,17 +182,39 @@ fn unreachable_strip_fails_after_retries_and_the_daemon_lives_on() {
         .local_addr()
         .unwrap()
         .port();
-    let mut d = Daemon::start(&bus, &egpms_config(port, "", "retries = 2\n"));
+    let mut d = Daemon::start(&bus, &egpms_config(port, "", "retries = 3\n"));
     let line = err_line(&d.rtmctl(&["power", "off"]), 1);
     assert!(
         line.contains("cannot connect") && line.contains("refused"),
         "{line}"
     );
-    assert!(
-        d.proc.text().contains("attempt 2 failed"),
-        "no retries: {}",
+    // Three retries, the first after retry_backoff_ms (20), each wait twice the last.
+    let retries = d.proc.matching("retrying in");
+    let said: Vec<String> = retries
+        .iter()
+        .map(|l| log_message(l).split(':').next().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        said,
+        [
+            "attempt 1 failed, retrying in 20 ms",
+            "attempt 2 failed, retrying in 40 ms",
+            "attempt 3 failed, retrying in 80 ms",
+        ],
+        "{}",
         d.proc.text()
     );
+    // Each wait sits between its line and the next attempt's: the daemon's timestamps are
+    // at least that far apart (a lower bound only).
+    for (pair, wait_ms) in retries.windows(2).zip([20, 40]) {
+        let gap = log_time(&pair[1])
+            .duration_since(log_time(&pair[0]))
+            .unwrap();
+        assert!(
+            gap >= std::time::Duration::from_millis(wait_ms),
+            "{gap:?} < {wait_ms} ms: {pair:#?}"
+        );
+    }
     assert!(d.proc.is_running());
 }
 

@@ -281,6 +281,23 @@ fn on_stop_keep_leaves_power_on() {
 }
 
 #[test]
+fn temperature_is_what_the_supply_reports_without_a_call() {
+    for protocol in ["ascii", "modbus"] {
+        let r = rig(
+            "dpm86xx",
+            &["--protocol", protocol, "--temperature", "41"],
+            &format!("protocol = \"{protocol}\"\n"),
+        );
+        let d = &r.daemon;
+        // No method is called: only the periodic poll (poll_ms = 200) reads the supply.
+        eventually("the poll reads the temperature", || {
+            d.property("org.rtmd.Dut1.Power", "Temperature") == "d 41"
+        });
+        assert!(r.sim.matching("set").is_empty(), "{}", r.sim.text());
+    }
+}
+
+#[test]
 fn sd_notify_status_carries_the_measurements() {
     use std::os::unix::net::UnixDatagram;
     let bus = Bus::start();

@@ -73,6 +73,9 @@ struct SupplyArgs {
     address: u8,
     #[arg(long, value_enum, default_value = "none")]
     fault: FaultArg,
+    /// The temperature the supply reports, in °C (DPM86xx; the Riden's is not read).
+    #[arg(long, default_value_t = 27.0)]
+    temperature: f64,
     #[command(flatten)]
     board: BoardArgs,
 }
@@ -260,7 +263,10 @@ fn serve_supply(args: &SupplyArgs, kind: Kind, events: Events) -> Result<(), Str
     let board = args.board.start()?;
     let (_pty, port) = open_pty(&args.pty)?;
     events.emit(&format!("ready {}", args.pty.display()));
-    let model = Arc::new(Mutex::new(SupplyModel::default()));
+    let model = Arc::new(Mutex::new(SupplyModel {
+        temperature: args.temperature,
+        ..SupplyModel::default()
+    }));
     let power = board.as_ref().map(|b| b.board.power_input());
     rtmd::sim::supply::serve(
         port,

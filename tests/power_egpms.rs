@@ -76,9 +76,13 @@ fn cycle_waits_cycle_off_ms_unless_rtmctl_gives_off_ms() {
         d.proc.clear();
         strip.clear();
         assert_eq!(ok_line(&d.rtmctl(args)), "rpi4-01: power on", "{args:?}");
-        assert_eq!(strip.matching("outlet"), ["outlet 2 off", "outlet 2 on"]);
+        assert_eq!(
+            strip.wait_lines("outlet", 2),
+            ["outlet 2 off", "outlet 2 on"]
+        );
         // The daemon says which off time it used, between the confirmed off and the on ...
-        let log = d.proc.matching("power ");
+        // ("power off", "power cycle: ...", "power on": wait until all three are read)
+        let log = d.proc.wait_lines("power ", 3);
         let at = |message: &str| {
             log.iter()
                 .position(|l| log_message(l) == message)
@@ -150,7 +154,7 @@ fn an_outlet_that_ignores_switching_is_a_named_mismatch_and_the_daemon_lives_on(
     );
     // The frame reached the strip, which ignored it; a mismatch is not retried.
     assert_eq!(
-        strip.matching("outlet"),
+        strip.wait_lines("outlet", 1),
         ["outlet 2 stuck, ignored on"],
         "{}",
         strip.text()
@@ -189,6 +193,8 @@ fn unreachable_strip_fails_after_retries_and_the_daemon_lives_on() {
         "{line}"
     );
     // Three retries, the first after retry_backoff_ms (20), each wait twice the last.
+    // The call's audit line comes after all of them: wait until it has been read.
+    d.proc.wait_line("Power.Off() by uid");
     let retries = d.proc.matching("retrying in");
     let said: Vec<String> = retries
         .iter()

@@ -103,6 +103,26 @@ impl Proc {
         }
     }
 
+    /// Waits until at least `n` lines contain `needle`; returns all that do. A line the
+    /// process wrote before answering a request may still be in the pipe when the answer
+    /// arrives: read its lines through this, not [`Proc::matching`], right after a request.
+    pub fn wait_lines(&self, needle: &str, n: usize) -> Vec<String> {
+        let start = Instant::now();
+        loop {
+            let found = self.matching(needle);
+            if found.len() >= n {
+                return found;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "{} never printed {n} lines with {needle:?}; it printed:\n{}",
+                self.name,
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn text(&self) -> String {
         self.lines.lock().unwrap().join("\n")
     }

@@ -33,7 +33,7 @@ fn switches_the_outlet_and_reports_the_confirmed_state() {
     );
 
     assert_eq!(ok_line(&d.rtmctl(&["power", "on"])), "rpi4-01: power on");
-    assert_eq!(strip.matching("outlet"), ["outlet 2 on"]);
+    assert_eq!(strip.wait_lines("outlet", 1), ["outlet 2 on"]);
     assert_eq!(d.property("org.rtmd.Dut1.Power", "State"), "s \"on\"");
     assert_eq!(
         ok_line(&d.rtmctl(&["power", "status"])),
@@ -42,7 +42,10 @@ fn switches_the_outlet_and_reports_the_confirmed_state() {
 
     strip.clear();
     assert_eq!(ok_line(&d.rtmctl(&["power", "cycle"])), "rpi4-01: power on");
-    assert_eq!(strip.matching("outlet"), ["outlet 2 off", "outlet 2 on"]);
+    assert_eq!(
+        strip.wait_lines("outlet", 2),
+        ["outlet 2 off", "outlet 2 on"]
+    );
 
     // busctl as the other side of the contract.
     strip.clear();
@@ -54,7 +57,7 @@ fn switches_the_outlet_and_reports_the_confirmed_state() {
         "Off",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(strip.matching("outlet"), ["outlet 2 off"]);
+    assert_eq!(strip.wait_lines("outlet", 1), ["outlet 2 off"]);
     assert_eq!(
         ok_line(&d.rtmctl(&["power", "status"])),
         "rpi4-01: power off"
@@ -113,7 +116,7 @@ fn resends_the_start_byte_to_a_strip_that_ignores_it() {
     let (strip, port) = strip(&["--password", "pw", "--ignore-starts", "2"]);
     let d = Daemon::start(&bus, &egpms_config(port, "password = \"pw\"", ""));
     assert_eq!(ok_line(&d.rtmctl(&["power", "on"])), "rpi4-01: power on");
-    assert_eq!(strip.matching("outlet"), ["outlet 2 on"]);
+    assert_eq!(strip.wait_lines("outlet", 1), ["outlet 2 on"]);
 }
 
 #[test]
@@ -377,5 +380,5 @@ fn password_from_the_units_default_credential() {
     let bus = Bus::start();
     let (strip, port) = strip(&["--password", "fromcred"]);
     with_credential(&bus, port, "", "power-password", "fromcred\n", "on");
-    assert_eq!(strip.matching("outlet"), ["outlet 2 on"]);
+    assert_eq!(strip.wait_lines("outlet", 1), ["outlet 2 on"]);
 }

@@ -68,6 +68,7 @@ fn setpoints_go_out_before_the_output_and_measurements_come_back() {
 
         assert_eq!(ok_line(&d.rtmctl(&["power", "on"])), "bench-1: power on");
         // The panel was left at 12 V: voltage and limit must be written before the output.
+        r.sim.wait_line("output on");
         assert_eq!(
             r.sim.lines.lock().unwrap()[1..].to_vec(),
             [
@@ -91,7 +92,7 @@ fn setpoints_go_out_before_the_output_and_measurements_come_back() {
             ok_line(&d.rtmctl(&["power", "profile", "low"])),
             "bench-1: profile low, 4.60 V"
         );
-        assert_eq!(r.sim.matching("set voltage"), ["set voltage 4.60"]);
+        assert_eq!(r.sim.wait_lines("set voltage", 1), ["set voltage 4.60"]);
         eventually("measured voltage follows the profile", || {
             d.property("org.rtmd.Dut1.Power", "Voltage") == "d 4.6"
         });
@@ -108,7 +109,7 @@ fn setpoints_go_out_before_the_output_and_measurements_come_back() {
             "d 5.5"
         );
         assert_eq!(ok_line(&d.rtmctl(&["power", "off"])), "bench-1: power off");
-        assert_eq!(r.sim.matching("output"), ["output off at 5.50 V"]);
+        assert_eq!(r.sim.wait_lines("output", 1), ["output off at 5.50 V"]);
     }
 }
 
@@ -258,7 +259,7 @@ fn on_stop_off_switches_off_on_sigterm() {
     r.sim.clear();
     let status = r.daemon.proc.signal_and_wait("TERM");
     assert!(status.success(), "{status}");
-    assert_eq!(r.sim.matching("output"), ["output off at 5.10 V"]);
+    assert_eq!(r.sim.wait_lines("output", 1), ["output off at 5.10 V"]);
     assert!(
         r.daemon
             .proc

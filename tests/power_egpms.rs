@@ -33,7 +33,7 @@ fn switches_the_outlet_and_reports_the_confirmed_state() {
     );
 
     assert_eq!(ok_line(&d.rtmctl(&["power", "on"])), "rpi4-01: power on");
-    assert_eq!(strip.matching("outlet"), ["outlet 2 on"]);
+    assert_eq!(strip.wait_lines("outlet", 1), ["outlet 2 on"]);
     assert_eq!(d.property("org.rtmd.Dut1.Power", "State"), "s \"on\"");
     assert_eq!(
         ok_line(&d.rtmctl(&["power", "status"])),
@@ -42,7 +42,10 @@ fn switches_the_outlet_and_reports_the_confirmed_state() {
 
     strip.clear();
     assert_eq!(ok_line(&d.rtmctl(&["power", "cycle"])), "rpi4-01: power on");
-    assert_eq!(strip.matching("outlet"), ["outlet 2 off", "outlet 2 on"]);
+    assert_eq!(
+        strip.wait_lines("outlet", 2),
+        ["outlet 2 off", "outlet 2 on"]
+    );
 
     // busctl as the other side of the contract.
     strip.clear();
@@ -54,11 +57,57 @@ fn switches_the_outlet_and_reports_the_confirmed_state() {
         "Off",
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(strip.matching("outlet"), ["outlet 2 off"]);
+    assert_eq!(strip.wait_lines("outlet", 1), ["outlet 2 off"]);
     assert_eq!(
         ok_line(&d.rtmctl(&["power", "status"])),
         "rpi4-01: power off"
     );
+}
+
+#[test]
+fn cycle_waits_cycle_off_ms_unless_rtmctl_gives_off_ms() {
+    let bus = Bus::start();
+    let (strip, port) = strip(&[]);
+    let config = egpms_config(port, "", "").replace("cycle_off_ms = 50", "cycle_off_ms = 400");
+    let d = Daemon::start(&bus, &config);
+    d.proc.wait_line("initial state off");
+    // `rtmctl power cycle` sends Cycle(0): the board's cycle_off_ms.
+    for (args, off_ms) in [
+        (&["power", "cycle"][..], 400),
+        (&["power", "cycle", "--off-ms", "900"][..], 900),
+    ] {
+        d.proc.clear();
+        strip.clear();
+        assert_eq!(ok_line(&d.rtmctl(args)), "rpi4-01: power on", "{args:?}");
+        assert_eq!(
+            strip.wait_lines("outlet", 2),
+            ["outlet 2 off", "outlet 2 on"]
+        );
+        // The daemon says which off time it used, between the confirmed off and the on ...
+        // ("power off", "power cycle: ...", "power on": wait until all three are read)
+        let log = d.proc.wait_lines("power ", 3);
+        let at = |message: &str| {
+            log.iter()
+                .position(|l| log_message(l) == message)
+                .unwrap_or_else(|| panic!("no {message:?} in the log: {log:#?}"))
+        };
+        let (off, waiting, on) = (
+            at("power off"),
+            at(&format!("power cycle: off for {off_ms} ms")),
+            at("power on"),
+        );
+        assert!(off < waiting && waiting < on, "{log:#?}");
+        assert_eq!(d.proc.matching("power cycle:").len(), 1, "{log:#?}");
+        // ... and did wait that long: the daemon's own timestamps of the two confirmations
+        // are at least the off time apart (a lower bound; the wait sits between them).
+        let gap = log_time(&log[on])
+            .duration_since(log_time(&log[off]))
+            .unwrap();
+        assert!(
+            gap >= std::time::Duration::from_millis(off_ms),
+            "off for {gap:?}, wanted {off_ms} ms: {log:#?}"
+        );
+    }
 }
 
 #[test]
@@ -67,7 +116,7 @@ fn resends_the_start_byte_to_a_strip_that_ignores_it() {
     let (strip, port) = strip(&["--password", "pw", "--ignore-starts", "2"]);
     let d = Daemon::start(&bus, &egpms_config(port, "password = \"pw\"", ""));
     assert_eq!(ok_line(&d.rtmctl(&["power", "on"])), "rpi4-01: power on");
-    assert_eq!(strip.matching("outlet"), ["outlet 2 on"]);
+    assert_eq!(strip.wait_lines("outlet", 1), ["outlet 2 on"]);
 }
 
 #[test]
@@ -96,6 +145,42 @@ fn wrong_password_is_a_named_hardware_error_and_the_daemon_lives_on() {
 }
 
 #[test]
+fn an_outlet_that_ignores_switching_is_a_named_mismatch_and_the_daemon_lives_on() {
+    let bus = Bus::start();
+    let (strip, port) = strip(&["--stuck-outlet", "2"]);
+    let mut d = Daemon::start(&bus, &egpms_config(port, "", ""));
+    d.proc.wait_line("initial state off");
+    let line = err_line(&d.rtmctl(&["power", "on"]), 1);
+    assert!(
+        line.contains("reports outlet 2 off after switching it on"),
+        "{line}"
+    );
+    // The frame reached the strip, which ignored it; a mismatch is not retried.
+    assert_eq!(
+        strip.wait_lines("outlet", 1),
+        ["outlet 2 stuck, ignored on"],
+        "{}",
+        strip.text()
+    );
+    let out = d.dbus_send("org.rtmd.Dut1.Power.On", &[]);
+    let stderr = text(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("org.rtmd.Dut1.Error.Hardware"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("after switching it on"), "{stderr}");
+    assert!(d.proc.is_running());
+    // After a failed switch the daemon does not claim to know the state.
+    assert_eq!(d.property("org.rtmd.Dut1.Power", "State"), "s \"unknown\"");
+    assert!(
+        d.property("org.rtmd.Dut1.Power", "LastError")
+            .contains("after switching it on")
+    );
+    // And it still serves: switching off agrees with the stuck relay.
+    assert_eq!(ok_line(&d.rtmctl(&["power", "off"])), "rpi4-01: power off");
+}
+
+#[test]
 fn unreachable_strip_fails_after_retries_and_the_daemon_lives_on() {
     let bus = Bus::start();
     // A port nobody listens on: bind, note it, close.
@@ -104,17 +189,41 @@ fn unreachable_strip_fails_after_retries_and_the_daemon_lives_on() {
         .local_addr()
         .unwrap()
         .port();
-    let mut d = Daemon::start(&bus, &egpms_config(port, "", "retries = 2\n"));
+    let mut d = Daemon::start(&bus, &egpms_config(port, "", "retries = 3\n"));
     let line = err_line(&d.rtmctl(&["power", "off"]), 1);
     assert!(
         line.contains("cannot connect") && line.contains("refused"),
         "{line}"
     );
-    assert!(
-        d.proc.text().contains("attempt 2 failed"),
-        "no retries: {}",
+    // Three retries, the first after retry_backoff_ms (20), each wait twice the last.
+    // The call's audit line comes after all of them: wait until it has been read.
+    d.proc.wait_line("Power.Off() by uid");
+    let retries = d.proc.matching("retrying in");
+    let said: Vec<String> = retries
+        .iter()
+        .map(|l| log_message(l).split(':').next().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        said,
+        [
+            "attempt 1 failed, retrying in 20 ms",
+            "attempt 2 failed, retrying in 40 ms",
+            "attempt 3 failed, retrying in 80 ms",
+        ],
+        "{}",
         d.proc.text()
     );
+    // Each wait sits between its line and the next attempt's: the daemon's timestamps are
+    // at least that far apart (a lower bound only).
+    for (pair, wait_ms) in retries.windows(2).zip([20, 40]) {
+        let gap = log_time(&pair[1])
+            .duration_since(log_time(&pair[0]))
+            .unwrap();
+        assert!(
+            gap >= std::time::Duration::from_millis(wait_ms),
+            "{gap:?} < {wait_ms} ms: {pair:#?}"
+        );
+    }
     assert!(d.proc.is_running());
 }
 
@@ -271,5 +380,5 @@ fn password_from_the_units_default_credential() {
     let bus = Bus::start();
     let (strip, port) = strip(&["--password", "fromcred"]);
     with_credential(&bus, port, "", "power-password", "fromcred\n", "on");
-    assert_eq!(strip.matching("outlet"), ["outlet 2 on"]);
+    assert_eq!(strip.wait_lines("outlet", 1), ["outlet 2 on"]);
 }

@@ -68,6 +68,7 @@ fn setpoints_go_out_before_the_output_and_measurements_come_back() {
 
         assert_eq!(ok_line(&d.rtmctl(&["power", "on"])), "bench-1: power on");
         // The panel was left at 12 V: voltage and limit must be written before the output.
+        r.sim.wait_line("output on");
         assert_eq!(
             r.sim.lines.lock().unwrap()[1..].to_vec(),
             [
@@ -91,7 +92,7 @@ fn setpoints_go_out_before_the_output_and_measurements_come_back() {
             ok_line(&d.rtmctl(&["power", "profile", "low"])),
             "bench-1: profile low, 4.60 V"
         );
-        assert_eq!(r.sim.matching("set voltage"), ["set voltage 4.60"]);
+        assert_eq!(r.sim.wait_lines("set voltage", 1), ["set voltage 4.60"]);
         eventually("measured voltage follows the profile", || {
             d.property("org.rtmd.Dut1.Power", "Voltage") == "d 4.6"
         });
@@ -108,7 +109,7 @@ fn setpoints_go_out_before_the_output_and_measurements_come_back() {
             "d 5.5"
         );
         assert_eq!(ok_line(&d.rtmctl(&["power", "off"])), "bench-1: power off");
-        assert_eq!(r.sim.matching("output"), ["output off at 5.50 V"]);
+        assert_eq!(r.sim.wait_lines("output", 1), ["output off at 5.50 V"]);
     }
 }
 
@@ -258,7 +259,7 @@ fn on_stop_off_switches_off_on_sigterm() {
     r.sim.clear();
     let status = r.daemon.proc.signal_and_wait("TERM");
     assert!(status.success(), "{status}");
-    assert_eq!(r.sim.matching("output"), ["output off at 5.10 V"]);
+    assert_eq!(r.sim.wait_lines("output", 1), ["output off at 5.10 V"]);
     assert!(
         r.daemon
             .proc
@@ -278,4 +279,79 @@ fn on_stop_keep_leaves_power_on() {
     r.sim.clear();
     assert!(r.daemon.proc.signal_and_wait("TERM").success());
     assert!(r.sim.matching("output").is_empty(), "{}", r.sim.text());
+}
+
+#[test]
+fn temperature_is_what_the_supply_reports_without_a_call() {
+    for protocol in ["ascii", "modbus"] {
+        let r = rig(
+            "dpm86xx",
+            &["--protocol", protocol, "--temperature", "41"],
+            &format!("protocol = \"{protocol}\"\n"),
+        );
+        let d = &r.daemon;
+        // No method is called: only the periodic poll (poll_ms = 200) reads the supply.
+        eventually("the poll reads the temperature", || {
+            d.property("org.rtmd.Dut1.Power", "Temperature") == "d 41"
+        });
+        assert!(r.sim.matching("set").is_empty(), "{}", r.sim.text());
+    }
+}
+
+#[test]
+fn sd_notify_status_carries_the_measurements() {
+    use std::os::unix::net::UnixDatagram;
+    let bus = Bus::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pty = dir.path().join("psu");
+    let pty_s = pty.display().to_string();
+    let (_sim, _) = sim(&["dpm86xx", "--pty", &pty_s, "--protocol", "modbus"]);
+    let sock_path = dir.path().join("notify");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(DEADLINE)).unwrap();
+    let cfg = dir.path().join("board.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "name = \"bench-1\"\n[power]\nbackend = \"dpm86xx\"\ndevice = \"{pty_s}\"\n\
+             protocol = \"modbus\"\nvoltage = 5.1\ncurrent_limit = 2.0\n\
+             voltage_range = [4.0, 5.8]\nprofiles = {{ low = 4.6 }}\npoll_ms = 200\n"
+        ),
+    )
+    .unwrap();
+    let p = Daemon::spawn_env(&bus.address, &cfg, &[("NOTIFY_SOCKET", &sock_path)]);
+    p.wait_line("ready on");
+    let d = Daemon {
+        proc: p,
+        dir,
+        board: "bench-1".to_string(),
+        bus: bus.address.clone(),
+    };
+    // Reads STATUS= messages until `want` is the latest; fails showing all it saw.
+    let mut seen: Vec<String> = Vec::new();
+    let mut status_until = |want: &str| {
+        let mut buf = [0u8; 512];
+        loop {
+            if seen
+                .iter()
+                .rev()
+                .find(|m| m.starts_with("STATUS="))
+                .is_some_and(|m| m == &format!("STATUS={want}"))
+            {
+                return;
+            }
+            match sock.recv(&mut buf) {
+                Ok(n) => seen.push(String::from_utf8_lossy(&buf[..n]).trim().to_string()),
+                Err(e) => panic!("no STATUS={want} ({e}); saw {seen:#?}"),
+            }
+        }
+    };
+    status_until("power off");
+    assert_eq!(ok_line(&d.rtmctl(&["power", "on"])), "bench-1: power on");
+    // The simulated board is a 10 ohm load.
+    status_until("power on, 5.10 V, 0.510 A");
+    ok_line(&d.rtmctl(&["power", "profile", "low"]));
+    status_until("power on, 4.60 V, 0.460 A");
+    assert_eq!(ok_line(&d.rtmctl(&["power", "off"])), "bench-1: power off");
+    status_until("power off");
 }

@@ -39,6 +39,10 @@ enum Device {
         /// Outlets on at start, e.g. `--on 1 --on 3`.
         #[arg(long = "on")]
         on: Vec<u8>,
+        /// Fault: an outlet whose relay ignores switching (welded or dead). The strip
+        /// acknowledges the control frame and reports the unchanged state; repeatable.
+        #[arg(long = "stuck-outlet", value_name = "N", value_parser = clap::value_parser!(u8).range(1..=4))]
+        stuck_outlets: Vec<u8>,
         #[command(flatten)]
         board: BoardArgs,
     },
@@ -69,6 +73,9 @@ struct SupplyArgs {
     address: u8,
     #[arg(long, value_enum, default_value = "none")]
     fault: FaultArg,
+    /// The temperature the supply reports, in °C (DPM86xx; the Riden's is not read).
+    #[arg(long, default_value_t = 27.0)]
+    temperature: f64,
     #[command(flatten)]
     board: BoardArgs,
 }
@@ -193,6 +200,7 @@ fn run(device: Device) -> Result<(), String> {
             password,
             ignore_starts,
             on,
+            stuck_outlets,
             board,
         } => {
             let model = match model {
@@ -231,6 +239,7 @@ fn run(device: Device) -> Result<(), String> {
                     model,
                     password: password.into_bytes(),
                     ignore_starts,
+                    stuck_outlets,
                 };
                 rtmd::sim::egpms::serve(listener, spec, Arc::new(Mutex::new(outlets)), events)
                     .await;
@@ -254,7 +263,10 @@ fn serve_supply(args: &SupplyArgs, kind: Kind, events: Events) -> Result<(), Str
     let board = args.board.start()?;
     let (_pty, port) = open_pty(&args.pty)?;
     events.emit(&format!("ready {}", args.pty.display()));
-    let model = Arc::new(Mutex::new(SupplyModel::default()));
+    let model = Arc::new(Mutex::new(SupplyModel {
+        temperature: args.temperature,
+        ..SupplyModel::default()
+    }));
     let power = board.as_ref().map(|b| b.board.power_input());
     rtmd::sim::supply::serve(
         port,

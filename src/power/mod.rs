@@ -447,6 +447,13 @@ impl Owner {
             Request::Cycle(off_time, reply) => {
                 let result = match self.switch(false).await {
                     Ok(_) => {
+                        // Says which off time won (the caller's or `cycle_off_ms`), for
+                        // whoever reads the journal after a board failed to come back.
+                        info!(
+                            subsystem = "power",
+                            "power cycle: off for {} ms",
+                            off_time.as_millis()
+                        );
                         tokio::time::sleep(off_time).await;
                         self.switch(true).await
                     }

@@ -27,6 +27,10 @@ pub struct StripSpec {
     pub password: Vec<u8>,
     /// Start bytes to ignore at the beginning of each session (exercises clients' resends).
     pub ignore_starts: u32,
+    /// Outlets (1..4) whose relay ignores switching, as a welded or dead relay does: the
+    /// strip accepts the control frame and reports the unchanged state, so only a client
+    /// that reads the state back notices.
+    pub stuck_outlets: Vec<u8>,
 }
 
 /// The strip's outlets, and the simulated board hanging on one of them.
@@ -138,6 +142,14 @@ async fn session(
                 CTRL_OFF => false,
                 _ => continue,
             };
+            if spec.stuck_outlets.contains(&(i as u8 + 1)) {
+                events.emit(&format!(
+                    "outlet {} stuck, ignored {}",
+                    i + 1,
+                    if new { "on" } else { "off" }
+                ));
+                continue;
+            }
             if let Ok(mut o) = outlets.lock() {
                 o.set(i, new);
             }

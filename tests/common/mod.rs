@@ -133,6 +133,26 @@ impl Proc {
         }
     }
 
+    /// Waits until at least `n` lines contain `needle`; returns all that do: for lines the
+    /// process may write after the answer the test got (lines written before it are there
+    /// for [`Proc::matching`] already, which settles the pipes first).
+    pub fn wait_lines(&self, needle: &str, n: usize) -> Vec<String> {
+        let start = Instant::now();
+        loop {
+            let found = self.matching(needle);
+            if found.len() >= n {
+                return found;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "{} never printed {n} lines with {needle:?}; it printed:\n{}",
+                self.name,
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Everything it printed so far ([`Proc::settle`]d).
     pub fn text(&self) -> String {
         self.settle();
@@ -580,4 +600,45 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
             (x >> 24) as u8
         })
         .collect()
+}
+
+/// A daemon log line without its terminal colours (tracing's fmt layer colours stderr).
+pub fn plain_log(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ parameters, ended by a letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The message of a daemon log line ("TIME LEVEL message field=value ..."), without the
+/// time, the level and the `subsystem` field.
+pub fn log_message(line: &str) -> String {
+    let plain = plain_log(line);
+    let rest = plain.trim_start();
+    let rest = rest.split_once(' ').map_or("", |(_, r)| r).trim_start();
+    let rest = rest.split_once(' ').map_or("", |(_, r)| r);
+    rest.split(" subsystem=")
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+/// When the daemon wrote a log line: its RFC 3339 timestamp.
+pub fn log_time(line: &str) -> std::time::SystemTime {
+    let plain = plain_log(line);
+    let stamp = plain.split_whitespace().next().unwrap_or("");
+    humantime::parse_rfc3339_weak(stamp.trim_end_matches('Z'))
+        .unwrap_or_else(|e| panic!("no timestamp in {line:?}: {e}"))
 }

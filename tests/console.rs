@@ -135,10 +135,89 @@ fn many_raw_clients_get_identical_bytes_and_input_reaches_the_board_once() {
         let got = read_until(c, b"END");
         assert_eq!(got, payload, "a client got different bytes");
     }
+    // Input reaches the board once: a duplicate would arrive before the next client's line.
     clients[2].write_all(b"typed once\n").unwrap();
     let mut board_in = r.board.try_clone().unwrap();
     let got = read_until(&mut board_in, b"once\n");
-    assert_eq!(got, b"typed once\n");
+    clients[4].write_all(b"then this\n").unwrap();
+    let then = read_until(&mut board_in, b"this\n");
+    assert_eq!(
+        (got, then),
+        (b"typed once\n".to_vec(), b"then this\n".to_vec())
+    );
+}
+
+/// The real clients side by side (socat on the raw port, telnet on the telnet port, rtmctl
+/// console in pipe mode, and a unix-socket socat): the board's output reaches each of them
+/// byte for byte the same.
+#[test]
+fn real_clients_side_by_side_get_the_same_bytes() {
+    require("telnet");
+    require("socat");
+    let mut r = rig("unix = \"{dir}/console.sock\"\n");
+    let raw = addr(&r.daemon, "TcpRawAddress");
+    let telnet_address = addr(&r.daemon, "TcpAddress");
+    let (host, port) = telnet_address.rsplit_once(':').unwrap();
+    let unix = r.daemon.dir.path().join("console.sock");
+    let spawn = |program: &str, args: &[&str]| {
+        Command::new(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut clients = [
+        spawn("socat", &["-u", &format!("TCP:{raw}"), "STDOUT"]),
+        spawn("telnet", &[host, port]),
+        spawn(
+            bin("rtmctl").to_str().unwrap(),
+            &["--bus-address", &r.daemon.bus, "--dut", "con-1", "console"],
+        ),
+        spawn(
+            "socat",
+            &["-u", &format!("UNIX-CONNECT:{}", unix.display()), "STDOUT"],
+        ),
+    ];
+    eventually("4 clients", || {
+        r.daemon.property("org.rtmd.Dut1.Console", "Clients") == "u 4"
+    });
+    // A boot log's worth of printable lines, different on every line.
+    let mut payload = b"BEGIN\n".to_vec();
+    for (i, chunk) in noise(48 * 1024, 7).chunks(60).enumerate() {
+        let line: String = chunk.iter().map(|b| char::from(b' ' + b % 95)).collect();
+        payload.extend_from_slice(format!("{i:05} {line}\n").as_bytes());
+    }
+    payload.extend_from_slice(b"END\n");
+    let readers: Vec<_> = clients
+        .iter_mut()
+        .map(|c| {
+            let mut out = c.stdout.take().unwrap();
+            std::thread::spawn(move || read_until(&mut out, b"END\n"))
+        })
+        .collect();
+    r.board.write_all(&payload).unwrap();
+    for (name, reader) in ["socat raw", "telnet", "rtmctl console", "socat unix"]
+        .iter()
+        .zip(readers)
+    {
+        let got = reader.join().unwrap();
+        // telnet prints its own banner first; everything from BEGIN on is the board's.
+        let from = got
+            .windows(6)
+            .position(|w| w == b"BEGIN\n")
+            .unwrap_or_else(|| panic!("{name}: no BEGIN; {}", tail(&got)));
+        assert!(
+            got[from..] == payload[..],
+            "{name} got other bytes: {}",
+            tail(&got)
+        );
+    }
+    for c in &mut clients {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
 }
 
 #[test]

@@ -355,3 +355,56 @@ fn sd_notify_status_carries_the_measurements() {
     assert_eq!(ok_line(&d.rtmctl(&["power", "off"])), "bench-1: power off");
     status_until("power off");
 }
+
+/// The simulated board on the supply, through rtmd's power and console: at nominal voltage
+/// it boots; at the low profile it browns out and resets in a loop; above its maximum it
+/// refuses to boot, saying why. (A `voltage_range` wider than the board's tolerance is the
+/// admin mistake that lets the last one happen.)
+#[test]
+fn the_simulated_board_follows_its_supply_through_rtmd() {
+    let bus = Bus::start();
+    let dir = tempfile::tempdir().unwrap();
+    let psu = dir.path().join("psu");
+    let console = dir.path().join("console");
+    let mut args: Vec<String> = ["dpm86xx", "--pty", psu.to_str().unwrap()]
+        .map(str::to_string)
+        .to_vec();
+    args.extend(fast_board(dir.path(), "volts-1"));
+    let (_supply, _) = sim(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let config = format!(
+        "name = \"volts-1\"\n[power]\nbackend = \"dpm86xx\"\ndevice = \"{}\"\nvoltage = 5.1\n\
+         current_limit = 2.0\nvoltage_range = [4.0, 6.5]\n\
+         profiles = {{ low = 4.6, nominal = 5.1, over = 6.0 }}\n[console]\ndevice = \"{}\"\n\
+         log_dir = \"{}\"\n",
+        psu.display(),
+        console.display(),
+        dir.path().join("logs").display()
+    );
+    let d = Daemon::start(&bus, &config);
+    eventually("rtmd opened the board's console", || {
+        d.property("org.rtmd.Dut1.Console", "Connected") == "b true"
+    });
+    let wait_for = |regex: &str| {
+        let out = wait_for_call(&d.bus, "volts-1", regex, 20_000)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{regex}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    ok_line(&d.rtmctl(&["power", "on"]));
+    wait_for("volts-1 login: ");
+    ok_line(&d.rtmctl(&["power", "profile", "low"]));
+    let seen = wait_for("brown-out: supply [0-9.]+ V below [0-9.]+ V");
+    assert!(
+        seen.contains("brown-out: supply 4.60 V below 4.75 V"),
+        "{seen}"
+    );
+    ok_line(&d.rtmctl(&["power", "profile", "nominal"]));
+    wait_for("volts-1 login: ");
+    // Said once, at once: WaitFor (live output only) could miss it, the console log has it.
+    ok_line(&d.rtmctl(&["power", "profile", "over"]));
+    let refusal = "refusing to boot: supply 6.00 V above the board's maximum 5.80 V";
+    eventually("the board refused the over-voltage", || {
+        text(&d.rtmctl(&["console", "--log"]).stdout).contains(refusal)
+    });
+}

@@ -724,14 +724,23 @@ fn choose<T: Copy>(
         })
 }
 
+/// A listening address: `IP:PORT`, or a port alone for loopback (`"2000"` is
+/// `127.0.0.1:2000`): a listener is on loopback unless the admin names another address.
 fn socket_addr(cx: &Cx<'_>, v: &S<String>, key: &str) -> Result<Option<SocketAddr>, ConfigError> {
     let Some(v) = v else { return Ok(None) };
-    v.get_ref().parse().map(Some).map_err(|_| {
+    let text = v.get_ref();
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(Some(SocketAddr::from((
+            std::net::Ipv4Addr::LOCALHOST,
+            port,
+        ))));
+    }
+    text.parse().map(Some).map_err(|_| {
         cx.at(
             v,
             format!(
-                "invalid {key} {:?}: expected an IP address and port, like \"127.0.0.1:2000\"",
-                v.get_ref()
+                "invalid {key} {text:?}: expected a port (on loopback) or an IP address and \
+                 port, like \"2000\" or \"127.0.0.1:2000\""
             ),
         )
     })

@@ -351,3 +351,18 @@ fn access_mistakes_are_located() {
     let e = err("name = \"b\"\n[access]\nholders = 2\n");
     assert!(e.message.contains("unknown field `holders`"), "{e}");
 }
+
+#[test]
+fn a_listener_given_as_a_port_alone_is_on_loopback() {
+    let c = parse_str(
+        "name = \"b\"\n[console]\ndevice = \"/dev/ttyUSB0\"\ntcp = \"2000\"\n\
+         tcp_raw = \"0.0.0.0:2001\"\n",
+    )
+    .unwrap();
+    let console = c.console.unwrap();
+    assert_eq!(console.tcp, Some("127.0.0.1:2000".parse().unwrap()));
+    assert_eq!(console.tcp_raw, Some("0.0.0.0:2001".parse().unwrap()));
+    let e = err("name = \"b\"\n[console]\ndevice = \"/dev/ttyUSB0\"\ntcp = \"localhost:2000\"\n");
+    assert_eq!((e.line, e.column), (4, 7));
+    assert!(e.message.contains("expected a port (on loopback)"), "{e}");
+}

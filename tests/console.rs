@@ -220,6 +220,52 @@ fn real_clients_side_by_side_get_the_same_bytes() {
     }
 }
 
+/// The configured line settings reach the port: `stty` reads them back from the device
+/// rtmd holds (root passes the exclusive open that keeps everyone else out). A pty keeps
+/// only part of them: Linux's pty driver forces 8 data bits without a parity bit and keeps
+/// no speed, so what shows is stop bits, hardware flow control and the parity check on input;
+/// the defaults show none of them.
+#[test]
+fn the_line_settings_of_the_config_reach_the_port() {
+    require("stty");
+    let stty = |r: &Rig| {
+        let out = Command::new("stty")
+            .arg("-F")
+            .arg(&r._wire.dev)
+            .arg("-a")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+            .split([' ', ';', '\n'])
+            .filter(|w| !w.is_empty())
+            .map(str::to_string)
+            .collect::<Vec<String>>()
+    };
+    let set = rig(
+        "baud = 57600\ndata_bits = 7\nparity = \"even\"\nstop_bits = 2\n\
+         flow_control = \"hardware\"\n",
+    );
+    let words = stty(&set);
+    for want in ["cstopb", "crtscts", "inpck", "-ixon", "-ixoff"] {
+        assert!(words.iter().any(|w| w == want), "{want} not in {words:?}");
+    }
+    let defaults = stty(&rig(""));
+    for want in ["-cstopb", "-crtscts", "-inpck", "-ixon"] {
+        assert!(
+            defaults.iter().any(|w| w == want),
+            "{want} not in {defaults:?}"
+        );
+    }
+    let software = stty(&rig("flow_control = \"software\"\n"));
+    for want in ["ixon", "ixoff", "-crtscts"] {
+        assert!(
+            software.iter().any(|w| w == want),
+            "{want} not in {software:?}"
+        );
+    }
+}
+
 #[test]
 fn telnet_negotiates_escapes_and_its_commands_never_reach_the_board() {
     require("telnet");

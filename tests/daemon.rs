@@ -313,3 +313,50 @@ fn speaks_sd_notify_ready_status_watchdog_stopping() {
         "{rest:?}"
     );
 }
+
+/// `--bus system` and `--bus session` (no address): rtmd and rtmctl find the buses where
+/// D-Bus says they are (`DBUS_SYSTEM_BUS_ADDRESS`, `DBUS_SESSION_BUS_ADDRESS`), here two
+/// private buses; each daemon is on its own bus only.
+#[test]
+fn bus_system_and_bus_session_find_their_buses() {
+    let (system, session) = (Bus::start(), Bus::start());
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemons = Vec::new();
+    for (choice, board) in [("system", "sys-1"), ("session", "ses-1")] {
+        let path = dir.path().join(format!("{board}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "name = \"{board}\"\n[power]\nbackend = \"command\"\non_command = \"true\"\n\
+                 off_command = \"true\"\n"
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new(bin("rtmd"));
+        cmd.arg("--config")
+            .arg(&path)
+            .args(["--bus", choice, "--log", "stderr"])
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &system.address)
+            .env("DBUS_SESSION_BUS_ADDRESS", &session.address)
+            .env("RUST_LOG", "info");
+        let p = Proc::spawn("rtmd", cmd, true);
+        p.wait_line("ready on");
+        daemons.push(p);
+    }
+    let rtmctl = |choice: &str, board: &str| {
+        Command::new(bin("rtmctl"))
+            .args(["--bus", choice, "--dut", board, "power", "on"])
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &system.address)
+            .env("DBUS_SESSION_BUS_ADDRESS", &session.address)
+            .env_remove("RTM_BUS_ADDRESS")
+            .env_remove("RTM_BUS")
+            .env_remove("RTM_DUT")
+            .output()
+            .unwrap()
+    };
+    assert_eq!(ok_line(&rtmctl("system", "sys-1")), "sys-1: power on");
+    assert_eq!(ok_line(&rtmctl("session", "ses-1")), "ses-1: power on");
+    // Each board is on its own bus only.
+    let line = err_line(&rtmctl("session", "sys-1"), 1);
+    assert!(line.contains("sys-1"), "{line}");
+}

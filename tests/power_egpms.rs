@@ -382,3 +382,18 @@ fn password_from_the_units_default_credential() {
     with_credential(&bus, port, "", "power-password", "fromcred\n", "on");
     assert_eq!(strip.wait_lines("outlet", 1), ["outlet 2 on"]);
 }
+
+/// `on_stop = "off"` on a strip: SIGTERM switches the outlet off before rtmd exits, and
+/// without it the outlet stays as it was.
+#[test]
+fn on_stop_switches_the_outlet_off_on_sigterm_only_when_asked() {
+    for (extra, expected) in [("on_stop = \"off\"", vec!["outlet 2 off"]), ("", vec![])] {
+        let bus = Bus::start();
+        let (strip, port) = strip(&["--password", "hackme"]);
+        let mut d = Daemon::start(&bus, &egpms_config(port, "password = \"hackme\"", extra));
+        ok_line(&d.rtmctl(&["power", "on"]));
+        strip.clear();
+        assert!(d.proc.signal_and_wait("TERM").success());
+        assert_eq!(strip.matching("outlet"), expected, "{extra:?}");
+    }
+}

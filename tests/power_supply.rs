@@ -408,3 +408,15 @@ fn the_simulated_board_follows_its_supply_through_rtmd() {
         text(&d.rtmctl(&["console", "--log"]).stdout).contains(refusal)
     });
 }
+
+/// A Riden whose model id rtmd does not know: refused with one line naming the id, nothing
+/// written to the supply, the daemon alive (scaling by a guess could set ten times the volts).
+#[test]
+fn an_unknown_riden_model_is_refused_before_any_setpoint() {
+    let mut r = rig("riden", &["--model-id", "60999"], "");
+    let line = err_line(&r.daemon.rtmctl(&["power", "on"]), 1);
+    assert!(line.contains("60999"), "{line}");
+    assert!(r.sim.matching("set ").is_empty(), "{}", r.sim.text());
+    assert!(r.sim.matching("output").is_empty(), "{}", r.sim.text());
+    assert!(r.daemon.proc.is_running());
+}

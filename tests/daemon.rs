@@ -360,3 +360,133 @@ fn bus_system_and_bus_session_find_their_buses() {
     let line = err_line(&rtmctl("session", "sys-1"), 1);
     assert!(line.contains("sys-1"), "{line}");
 }
+
+/// With a journal socket, rtmd logs to the journal in its native protocol with the fields
+/// BOARD and SUBSYSTEM. The journal here is a listener on /run/systemd/journal/socket in a
+/// mount namespace of the test's own (a tmpfs over /run), recording each datagram.
+#[test]
+fn logs_go_to_the_journal_with_board_and_subsystem_fields() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "this test makes a mount namespace: run the suite as root (scripts/test)"
+    );
+    require("unshare");
+    let bus = Bus::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("board.toml");
+    std::fs::write(
+        &config,
+        "name = \"jb-1\"\n[power]\nbackend = \"command\"\non_command = \"true\"\n\
+         off_command = \"true\"\n",
+    )
+    .unwrap();
+    let records = dir.path().join("journal.bin");
+    // The listener ends when rtmd (its parent, after `exec`) is gone.
+    let listener = r#"
+import os, socket, sys
+parent = os.getppid()
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind("/run/systemd/journal/socket")
+s.settimeout(0.2)
+with open(sys.argv[1], "ab", buffering=0) as out:
+    while os.getppid() == parent:
+        try:
+            data = s.recv(1 << 20)
+        except socket.timeout:
+            continue
+        out.write(len(data).to_bytes(4, "little") + data)
+"#;
+    let script = format!(
+        "mount -t tmpfs tmpfs /run && mkdir -p /run/systemd/journal && \
+         {{ python3 -c '{listener}' {records} & }} && \
+         while [ ! -S /run/systemd/journal/socket ]; do sleep 0.01; done && \
+         exec {rtmd} --config {config} --bus-address {bus} --log auto",
+        records = records.display(),
+        rtmd = bin("rtmd").display(),
+        config = config.display(),
+        bus = bus.address,
+    );
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-m", "--propagation", "private", "sh", "-c", &script]);
+    let mut rtmd = Proc::spawn("rtmd", cmd, true);
+    // Journal records: their fields, in the native protocol (KEY=value lines, or KEY, a
+    // little-endian length and the value for values with a newline).
+    let read = || -> Vec<std::collections::HashMap<String, String>> {
+        let bytes = std::fs::read(&records).unwrap_or_default();
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at + 4 <= bytes.len() {
+            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+            let mut d = &bytes[at + 4..at + 4 + len];
+            at += 4 + len;
+            let mut fields = std::collections::HashMap::new();
+            while let Some(nl) = d.iter().position(|&b| b == b'\n') {
+                let line = &d[..nl];
+                if let Some(eq) = line.iter().position(|&b| b == b'=') {
+                    fields.insert(text(&line[..eq]), text(&line[eq + 1..]));
+                    d = &d[nl + 1..];
+                } else {
+                    let n = u64::from_le_bytes(d[nl + 1..nl + 9].try_into().unwrap()) as usize;
+                    fields.insert(text(line), text(&d[nl + 9..nl + 9 + n]));
+                    d = &d[nl + 10 + n..];
+                }
+            }
+            // tracing-journald probes the socket with an empty datagram first.
+            if !fields.is_empty() {
+                out.push(fields);
+            }
+        }
+        out
+    };
+    let has = |key: &str, value: &str| {
+        read()
+            .iter()
+            .any(|r| r.get(key).is_some_and(|v| v.contains(value)))
+    };
+    eventually("rtmd logged that it is ready, to the journal", || {
+        has("MESSAGE", "ready on")
+    });
+    let on = Command::new(bin("rtmctl"))
+        .args([
+            "--bus-address",
+            &bus.address,
+            "--dut",
+            "jb-1",
+            "power",
+            "on",
+        ])
+        .output()
+        .unwrap();
+    ok_line(&on);
+    eventually("the switch was logged", || has("MESSAGE", "power on"));
+    let records = read();
+    let switched = records
+        .iter()
+        .find(|r| r.get("MESSAGE").is_some_and(|m| m.contains("power on")))
+        .unwrap();
+    assert_eq!(
+        switched.get("BOARD").map(String::as_str),
+        Some("jb-1"),
+        "{switched:?}"
+    );
+    assert_eq!(
+        switched.get("SUBSYSTEM").map(String::as_str),
+        Some("power"),
+        "{switched:?}"
+    );
+    assert_eq!(
+        switched.get("SYSLOG_IDENTIFIER").map(String::as_str),
+        Some("rtmd")
+    );
+    // tracing-journald's mapping: INFO is 5 (notice), WARN 4, ERROR 3.
+    assert_eq!(switched.get("PRIORITY").map(String::as_str), Some("5"));
+    assert!(
+        records
+            .iter()
+            .all(|r| r.get("BOARD").map(String::as_str) == Some("jb-1")),
+        "every record names the board: {records:?}"
+    );
+    // Nothing went to stderr instead.
+    assert!(!rtmd.text().contains("ready on"), "{}", rtmd.text());
+    assert!(rtmd.is_running());
+}

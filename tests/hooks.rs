@@ -165,13 +165,14 @@ impl StripLab {
 
     /// rtmd's log lines, without colours.
     fn log(&self) -> Vec<String> {
+        self.daemon.proc.settle();
         self.daemon
             .proc
             .lines
             .lock()
             .unwrap()
             .iter()
-            .map(|l| strip_ansi(l))
+            .map(|l| plain_log(l))
             .collect()
     }
 }
@@ -182,24 +183,6 @@ fn egpms_config(port: u16, power: &str) -> String {
         "name = \"{BOARD}\"\n[power]\nbackend = \"egpms\"\nhost = \"127.0.0.1\"\nport = {port}\n\
          outlet = 2\n{power}"
     )
-}
-
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::new();
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC [ parameters final-letter
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// rtmctl as LAVA runs it: the board, the bus, the command; nothing from the environment.

@@ -61,3 +61,29 @@ fn profiles_by_name() {
     };
     assert!(msg.contains("turbo") && msg.contains("low"), "{msg}");
 }
+
+/// The watchdog's test of the power task (src/daemon.rs feeds systemd only while it holds):
+/// idle or within an attempt's bound is alive; an attempt running past its timeout plus a
+/// second means the owner task is wedged (a blocking call, a lost wake-up), and the daemon
+/// must stop feeding the watchdog so that systemd restarts it.
+#[tokio::test]
+async fn the_power_task_is_alive_until_an_attempt_outlasts_its_bound() {
+    let config = crate::config::parse(
+        std::path::Path::new("/etc/rtmd/w.toml"),
+        "name = \"w\"\n[power]\nbackend = \"command\"\non_command = \"true\"\n\
+         off_command = \"true\"\ntimeout_ms = 1000\n",
+    )
+    .unwrap();
+    let power = Power::spawn(config.power.as_ref().unwrap());
+    assert!(power.is_alive(), "idle");
+    let now = Instant::now();
+    *power.busy_since.lock().unwrap() = Some(now);
+    assert!(power.is_alive(), "an attempt just started");
+    let Some(long_ago) = now.checked_sub(power.attempt_bound + Duration::from_millis(1)) else {
+        return; // the clock started less than the bound ago: nothing to go back to
+    };
+    *power.busy_since.lock().unwrap() = Some(long_ago);
+    assert!(!power.is_alive(), "an attempt past its bound");
+    *power.busy_since.lock().unwrap() = None;
+    assert!(power.is_alive(), "idle again");
+}

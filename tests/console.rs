@@ -483,6 +483,54 @@ fn wait_for_matches_live_output_and_times_out_by_name() {
     read_until(&mut board_in, b"ls\n");
 }
 
+/// A board that does not read its input (hung in a loop, or a slow line under a long paste)
+/// does not stop its output: rtmd keeps reading and publishing while client input waits for
+/// the port. The board is the master of a pty pair the test opens itself: socat between
+/// them (the other tests' wire) can block as a whole once one direction is full.
+#[test]
+fn a_board_that_never_reads_its_input_still_has_its_output_read() {
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let dev = nix::unistd::ttyname(&pty.slave).unwrap();
+    let bus = Bus::start();
+    let d = Daemon::start(&bus, &console_config(&dev, ""));
+    eventually("connected", || {
+        d.property("org.rtmd.Dut1.Console", "Connected") == "b true"
+    });
+    let mut board = std::fs::File::from(pty.master);
+    let raw = addr(&d, "TcpRawAddress");
+    let mut typist = tcp(&raw);
+    let mut watcher = tcp(&raw);
+    eventually("2 clients", || {
+        d.property("org.rtmd.Dut1.Console", "Clients") == "u 2"
+    });
+    // Far more input than a pty buffers; the board reads none of it. The paste stalls once
+    // rtmd stops taking input (it pushes back): that is fine.
+    let paste = std::thread::spawn(move || {
+        typist
+            .set_write_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let block = vec![b'x'; 64 * 1024];
+        for _ in 0..16 {
+            if typist.write_all(&block).is_err() {
+                break;
+            }
+        }
+        typist
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    board.write_all(b"board still talking\n").unwrap();
+    read_until(&mut watcher, b"board still talking\n");
+    drop(paste.join().unwrap());
+    // The input is still there for the board once it reads: the start of the paste.
+    let mut got = vec![0u8; 4096];
+    let n = board.read(&mut got).unwrap();
+    assert!(
+        n > 0 && got[..n].iter().all(|&b| b == b'x'),
+        "{:?}",
+        &got[..n.min(40)]
+    );
+}
+
 #[test]
 fn a_client_that_never_reads_is_dropped_and_others_get_everything() {
     let mut r = rig("client_buffer_kib = 256\n");

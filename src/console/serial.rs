@@ -14,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_serial::{SerialPort, SerialPortBuilderExt, SerialStream};
+use tokio_serial::{SerialPortBuilderExt, SerialStream};
 use tracing::{info, warn};
 
 use super::hub::Hub;
@@ -27,6 +27,8 @@ const BREAK: Duration = Duration::from_millis(250);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const READ_CHUNK: usize = 64 * 1024;
+/// Client input waiting for the port beyond which no more is taken from the clients.
+const MAX_UNWRITTEN: usize = 64 * 1024;
 
 pub enum Input {
     Data(Bytes),
@@ -139,15 +141,26 @@ impl Owner {
     }
 
     /// Serves the open port until it fails (returns why) or the input channel closes (`None`).
-    async fn pump(&mut self, mut port: SerialStream) -> Option<String> {
+    ///
+    /// Reading never waits for writing: client input goes into `unwritten` and out with
+    /// single `write` calls in their own select branch, so a board that does not read its
+    /// input (or a slow line under a long paste) never stops its output from being read and
+    /// published. Input is taken from the channel only while less than [`MAX_UNWRITTEN`]
+    /// waits, which pushes back on the clients. A break first writes what waits, then holds
+    /// the line, so it comes where the client put it.
+    async fn pump(&mut self, port: SerialStream) -> Option<String> {
+        use std::os::fd::AsRawFd;
+        let fd = port.as_raw_fd();
+        let (mut reader, mut writer) = tokio::io::split(port);
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let mut extra = vec![0u8; 16 * 1024];
+        let mut unwritten = BytesMut::new();
         loop {
             if buf.capacity() < READ_CHUNK / 4 {
                 buf.reserve(READ_CHUNK);
             }
             tokio::select! {
-                read = port.read_buf(&mut buf) => match read {
+                read = reader.read_buf(&mut buf) => match read {
                     Ok(0) => return Some("end of file".to_string()),
                     Ok(_) => {
                         // Take what else the port already holds (a pty hands out 4 KiB per
@@ -155,7 +168,7 @@ impl Owner {
                         // Polled once each, never waited for: a timer of zero would
                         // still wait for the timer wheel's next tick (1 ms).
                         while buf.len() < READ_CHUNK {
-                            match read_ready(&mut port, &mut extra).await {
+                            match read_ready(&mut reader, &mut extra).await {
                                 Some(n) if n > 0 => buf.extend_from_slice(&extra[..n]),
                                 _ => break,
                             }
@@ -176,15 +189,24 @@ impl Owner {
                     }
                     Err(e) => return Some(e.to_string()),
                 },
-                input = self.input.recv() => match input {
-                    None => return None,
-                    Some(Input::Data(data)) => {
-                        if let Err(e) = port.write_all(&data).await {
-                            return Some(e.to_string());
-                        }
+                // One `write` per turn: cancel-safe, and the loop reads again in between.
+                written = writer.write(&unwritten), if !unwritten.is_empty() => match written {
+                    Ok(n) => {
+                        let _ = unwritten.split_to(n);
                     }
+                    Err(e) => return Some(e.to_string()),
+                },
+                input = self.input.recv(), if unwritten.len() < MAX_UNWRITTEN => match input {
+                    None => return None,
+                    Some(Input::Data(data)) => unwritten.extend_from_slice(&data),
                     Some(Input::Break { from, reply }) => {
-                        let sent = send_break(&port).await;
+                        if !unwritten.is_empty() {
+                            if let Err(e) = writer.write_all(&unwritten).await {
+                                return Some(e.to_string());
+                            }
+                            unwritten.clear();
+                        }
+                        let sent = send_break(fd).await;
                         if sent.is_ok() {
                             // The evidence that a break went out: a pseudo-terminal (the
                             // tests' board) accepts TIOCSBRK and does nothing with it, so
@@ -239,7 +261,7 @@ impl Owner {
 
 /// Reads what the port has right now, without waiting: `None` when nothing is ready (or on
 /// an error, which the next ordinary read reports).
-async fn read_ready(port: &mut SerialStream, into: &mut [u8]) -> Option<usize> {
+async fn read_ready<R: AsyncRead + Unpin>(port: &mut R, into: &mut [u8]) -> Option<usize> {
     std::future::poll_fn(|cx| {
         let mut rb = ReadBuf::new(into);
         Poll::Ready(match Pin::new(&mut *port).poll_read(cx, &mut rb) {
@@ -250,12 +272,23 @@ async fn read_ready(port: &mut SerialStream, into: &mut [u8]) -> Option<usize> {
     .await
 }
 
-/// A real break: the line held low for [`BREAK`].
-async fn send_break(port: &SerialStream) -> Result<(), ConsoleError> {
-    let fail = |e: tokio_serial::Error| {
-        ConsoleError::Hardware(format!("cannot send a break: {}", e.description))
+/// A real break: the line held low for [`BREAK`] (TIOCSBRK, then TIOCCBRK, as the serialport
+/// crate's `set_break` does; on the descriptor, since the port is split for reading and
+/// writing).
+async fn send_break(fd: std::os::fd::RawFd) -> Result<(), ConsoleError> {
+    let ioctl = |request| {
+        // SAFETY: TIOCSBRK and TIOCCBRK take no argument; `fd` is the open port, which the
+        // caller's halves keep open for the whole call.
+        if unsafe { nix::libc::ioctl(fd, request) } == 0 {
+            Ok(())
+        } else {
+            Err(ConsoleError::Hardware(format!(
+                "cannot send a break: {}",
+                std::io::Error::last_os_error()
+            )))
+        }
     };
-    port.set_break().map_err(fail)?;
+    ioctl(nix::libc::TIOCSBRK)?;
     tokio::time::sleep(BREAK).await;
-    port.clear_break().map_err(fail)
+    ioctl(nix::libc::TIOCCBRK)
 }

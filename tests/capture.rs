@@ -375,7 +375,24 @@ fn a_grabber_pipeline_giving_mjpeg_is_recorded_without_re_encoding() {
     );
     let d = Daemon::start_in(&bus, &config, dir);
     let bars = bars_png(d.dir.path());
+    // The recording's properties are signalled as they change.
+    let monitor = {
+        let mut cmd = Command::new("busctl");
+        cmd.arg(format!("--address={}", bus.address)).args([
+            "monitor",
+            "--json=short",
+            "--match",
+            "type='signal',interface='org.freedesktop.DBus.Properties',path='/org/rtmd/Dut1'",
+        ]);
+        Proc::spawn("busctl monitor", cmd, true)
+    };
+    monitor.wait_line("Monitoring");
     let video = ok_line(&d.rtmctl(&["capture", "record", "start", "--kind", "video"]));
+    eventually("Recording and VideoEncoding signalled", || {
+        let signalled = monitor.matching("\"org.rtmd.Dut1.Capture\"");
+        signalled.iter().any(|l| l.contains("\"Recording\""))
+            && signalled.iter().any(|l| l.contains("\"passthrough\""))
+    });
     assert_eq!(d.property(CAPTURE, "VideoEncoding"), "s \"passthrough\"");
     let line = ok_line(&d.rtmctl(&["capture", "status"]));
     assert_eq!(

@@ -218,31 +218,10 @@ impl CaptureIface {
 
 /// `PropertiesChanged` for every property that changed with the capture status.
 pub async fn spawn_change_signals(connection: &Connection, capture: Capture) -> zbus::Result<()> {
-    let iface = connection
-        .object_server()
-        .interface::<_, CaptureIface>(PATH)
-        .await?;
-    let mut status = capture.subscribe();
-    tokio::spawn(async move {
-        let mut last = status.borrow().clone();
-        while status.changed().await.is_ok() {
-            let now = status.borrow_and_update().clone();
-            let i = iface.get().await;
-            let e = iface.signal_emitter();
-            if now.artifacts != last.artifacts {
-                let _ = i.artifacts_changed(e).await;
-            }
-            if now.recording != last.recording {
-                let _ = i.recording_changed(e).await;
-            }
-            if now.last_stop != last.last_stop {
-                let _ = i.last_stop_changed(e).await;
-            }
-            if now.video_encoding != last.video_encoding {
-                let _ = i.video_encoding_changed(e).await;
-            }
-            last = now;
-        }
-    });
-    Ok(())
+    spawn_status_signals!(connection, CaptureIface, capture.subscribe(), {
+        artifacts => artifacts_changed,
+        recording => recording_changed,
+        last_stop => last_stop_changed,
+        video_encoding => video_encoding_changed,
+    })
 }

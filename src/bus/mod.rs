@@ -5,6 +5,36 @@
 //! Nothing here decides anything about hardware: each method validates its arguments, calls
 //! the subsystem, and translates the result.
 
+/// Spawns the task that sends `PropertiesChanged` for an interface whose properties all
+/// come from one `watch` status: at every change, `<property>_changed` for each listed field
+/// that differs from the last status. Errors mean the connection is gone; the daemon
+/// notices that elsewhere. For `spawn_change_signals` of the plain interfaces (NBD, storage,
+/// capture); Power, Console and the board object derive some properties and do their own.
+macro_rules! spawn_status_signals {
+    ($connection:expr, $iface:ty, $status:expr, { $($field:ident => $changed:ident),+ $(,)? }) => {{
+        let iface = $connection
+            .object_server()
+            .interface::<_, $iface>(PATH)
+            .await?;
+        let mut status = $status;
+        tokio::spawn(async move {
+            let mut last = status.borrow().clone();
+            while status.changed().await.is_ok() {
+                let now = status.borrow_and_update().clone();
+                let i = iface.get().await;
+                let e = iface.signal_emitter();
+                $(
+                    if now.$field != last.$field {
+                        let _ = i.$changed(e).await;
+                    }
+                )+
+                last = now;
+            }
+        });
+        Ok(())
+    }};
+}
+
 pub mod access;
 mod capture;
 mod console;

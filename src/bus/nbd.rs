@@ -162,34 +162,11 @@ impl NbdIface {
 
 /// `PropertiesChanged` for every property that changed with the server's status.
 pub async fn spawn_change_signals(connection: &Connection, nbd: Nbd) -> zbus::Result<()> {
-    let iface = connection
-        .object_server()
-        .interface::<_, NbdIface>(PATH)
-        .await?;
-    let mut status = nbd.subscribe();
-    tokio::spawn(async move {
-        let mut last = status.borrow().clone();
-        while status.changed().await.is_ok() {
-            let now = status.borrow_and_update().clone();
-            let i = iface.get().await;
-            let e = iface.signal_emitter();
-            if now.exported != last.exported {
-                let _ = i.exported_changed(e).await;
-            }
-            if now.uri != last.uri {
-                let _ = i.uri_changed(e).await;
-            }
-            if now.mode != last.mode {
-                let _ = i.mode_changed(e).await;
-            }
-            if now.image != last.image {
-                let _ = i.image_changed(e).await;
-            }
-            if now.clients != last.clients {
-                let _ = i.clients_changed(e).await;
-            }
-            last = now;
-        }
-    });
-    Ok(())
+    spawn_status_signals!(connection, NbdIface, nbd.subscribe(), {
+        exported => exported_changed,
+        uri => uri_changed,
+        mode => mode_changed,
+        image => image_changed,
+        clients => clients_changed,
+    })
 }

@@ -155,31 +155,10 @@ impl StorageIface {
 
 /// `PropertiesChanged` for every property that changed with the gadget's status.
 pub async fn spawn_change_signals(connection: &Connection, storage: Storage) -> zbus::Result<()> {
-    let iface = connection
-        .object_server()
-        .interface::<_, StorageIface>(PATH)
-        .await?;
-    let mut status = storage.subscribe();
-    tokio::spawn(async move {
-        let mut last = status.borrow().clone();
-        while status.changed().await.is_ok() {
-            let now = status.borrow_and_update().clone();
-            let i = iface.get().await;
-            let e = iface.signal_emitter();
-            if now.attached != last.attached {
-                let _ = i.attached_changed(e).await;
-            }
-            if now.image != last.image {
-                let _ = i.image_changed(e).await;
-            }
-            if now.mode != last.mode {
-                let _ = i.mode_changed(e).await;
-            }
-            if now.udc != last.udc {
-                let _ = i.udc_changed(e).await;
-            }
-            last = now;
-        }
-    });
-    Ok(())
+    spawn_status_signals!(connection, StorageIface, storage.subscribe(), {
+        attached => attached_changed,
+        image => image_changed,
+        mode => mode_changed,
+        udc => udc_changed,
+    })
 }

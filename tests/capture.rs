@@ -28,30 +28,31 @@ fn rig(bus: &Bus, extra: &str) -> (Daemon, PathBuf) {
     (d, screen)
 }
 
-/// SMPTE bars at another size and aspect than the sim's 640x480, made by gst-launch-1.0.
-fn bars_png(dir: &Path) -> PathBuf {
+/// One frame of videotestsrc's `pattern` at `size` (`WxH`) as `dir/name`, by gst-launch-1.0.
+fn test_png(dir: &Path, name: &str, pattern: &str, size: &str) -> PathBuf {
     require("gst-launch-1.0");
-    let path = dir.join("bars.png");
+    let path = dir.join(name);
+    let (width, height) = size.split_once('x').unwrap();
     let out = Command::new("gst-launch-1.0")
         .args([
             "-q",
             "videotestsrc",
-            "pattern=smpte",
+            &format!("pattern={pattern}"),
             "num-buffers=1",
             "!",
-            "video/x-raw,width=320,height=180",
-            "!",
-            "videoconvert",
-            "!",
-            "pngenc",
-            "!",
-            "filesink",
         ])
+        .arg(format!("video/x-raw,width={width},height={height}"))
+        .args(["!", "videoconvert", "!", "pngenc", "!", "filesink"])
         .arg(format!("location={}", path.display()))
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     path
+}
+
+/// SMPTE bars at another size and aspect than the sim's 640x480.
+fn bars_png(dir: &Path) -> PathBuf {
+    test_png(dir, "bars.png", "smpte", "320x180")
 }
 
 fn set_screen(screen: &Path, state: &str) {
@@ -494,27 +495,7 @@ fn a_full_disk_fails_the_snapshot_and_the_recording_says_why() {
 
 /// A black PNG, as the screen of a board that is off.
 fn black_png(dir: &Path) -> PathBuf {
-    let path = dir.join("black.png");
-    let out = Command::new("gst-launch-1.0")
-        .args([
-            "-q",
-            "videotestsrc",
-            "pattern=black",
-            "num-buffers=1",
-            "!",
-            "video/x-raw,width=160,height=120",
-            "!",
-            "videoconvert",
-            "!",
-            "pngenc",
-            "!",
-            "filesink",
-        ])
-        .arg(format!("location={}", path.display()))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    path
+    test_png(dir, "black.png", "black", "160x120")
 }
 
 #[test]

@@ -944,14 +944,12 @@ fn unix_socket_clients_and_input_first() {
     assert_eq!(read_until(&mut board_in, b"now mine\n"), b"now mine\n");
 }
 
-#[test]
-fn rtmctl_console_log_follow_sees_new_lines() {
-    let dir = tempfile::tempdir().unwrap();
-    let log_dir = dir.path().join("log");
-    let mut r = rig(&format!("log_dir = \"{}\"\n", log_dir.display()));
-    r.board.write_all(b"first line\n").unwrap();
+/// Has the board print `line`, waits until it is in the log under `log_dir`, and starts
+/// `rtmctl console --log --follow`, returned once it has shown that line.
+fn follow_log(r: &mut Rig, log_dir: &Path, line: &str) -> Proc {
+    r.board.write_all(format!("{line}\n").as_bytes()).unwrap();
     eventually("logged", || {
-        std::fs::read_to_string(log_dir.join("console.log")).is_ok_and(|l| l.contains("first line"))
+        std::fs::read_to_string(log_dir.join("console.log")).is_ok_and(|l| l.contains(line))
     });
     let mut cmd = Command::new(bin("rtmctl"));
     cmd.args([
@@ -964,7 +962,16 @@ fn rtmctl_console_log_follow_sees_new_lines() {
         "--follow",
     ]);
     let follow = Proc::spawn("rtmctl console --log --follow", cmd, true);
-    follow.wait_line("Z first line");
+    follow.wait_line(&format!("Z {line}"));
+    follow
+}
+
+#[test]
+fn rtmctl_console_log_follow_sees_new_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_dir = dir.path().join("log");
+    let mut r = rig(&format!("log_dir = \"{}\"\n", log_dir.display()));
+    let follow = follow_log(&mut r, &log_dir, "first line");
     r.board.write_all(b"second line\n").unwrap();
     follow.wait_line("Z second line");
 }
@@ -980,22 +987,7 @@ fn rtmctl_console_log_follow_reads_every_line_once_across_rotations() {
         "log_dir = \"{}\"\nlog_max_bytes = 4096\nlog_keep = 20\n",
         log_dir.display()
     ));
-    r.board.write_all(b"start\n").unwrap();
-    eventually("logged", || {
-        std::fs::read_to_string(log_dir.join("console.log")).is_ok_and(|l| l.contains("start"))
-    });
-    let mut cmd = Command::new(bin("rtmctl"));
-    cmd.args([
-        "--bus-address",
-        &r.daemon.bus,
-        "--dut",
-        "con-1",
-        "console",
-        "--log",
-        "--follow",
-    ]);
-    let follow = Proc::spawn("rtmctl console --log --follow", cmd, true);
-    follow.wait_line("Z start");
+    let follow = follow_log(&mut r, &log_dir, "start");
     let lines = 1000;
     for batch in 0..lines / 10 {
         let mut chunk = String::new();

@@ -55,6 +55,17 @@ pub const MAX_TTL_CEILING: Duration = Duration::from_secs(365 * 24 * 3600);
 pub const MAX_LABEL_CEILING: usize = 1024;
 pub const AUDIT_ENTRIES_CEILING: usize = 100_000;
 
+/// Who a face acts as when it has no credentials of its own to offer (the pdudaemon API,
+/// the console's TCP ports): configured per face by the admin (`identity = ...`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// The face acts as this Unix user: the lease check treats it as that uid.
+    Uid(u32),
+    /// A name for the audit trail only: it holds no lease, so while anyone holds the board
+    /// its changes are refused.
+    Label(String),
+}
+
 /// The current lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {

@@ -7,10 +7,59 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use rtmd::access::{
+    Access, AccessConfig, AccessError, Caller, Face, FaceError, Gate, Identity, Permit,
+};
 use rtmd::capture::{Capture, Kind};
 use rtmd::config::CaptureConfig;
 
+/// The gate's refusal, which cannot happen here: nobody holds this board.
+struct Refused(AccessError);
+
+impl From<AccessError> for Refused {
+    fn from(e: AccessError) -> Self {
+        Refused(e)
+    }
+}
+
+impl FaceError for Refused {
+    fn audit_summary(&self) -> String {
+        self.0.to_string()
+    }
+}
+
+/// Runs the whole program as one call admitted by a gate of its own, as any program that
+/// links rtmd's library must to change anything.
 fn main() {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        println!("error runtime");
+        return;
+    };
+    let (access, _ended) = Access::new(AccessConfig::default());
+    let gate = Gate::new(access);
+    let caller = Caller::configured(
+        &Identity::Label("capture_vm".into()),
+        Face::Local,
+        "examples/capture_vm",
+    );
+    let run = gate.run(
+        &caller,
+        "Capture.Snapshot",
+        String::new(),
+        |permit| async move {
+            run(&permit);
+            Ok::<(), Refused>(())
+        },
+    );
+    if let Err(Refused(e)) = rt.block_on(run) {
+        println!("error gate: {e}");
+    }
+}
+
+fn run(permit: &Permit) {
     let mut args = std::env::args().skip(1);
     let device = args.next().unwrap_or_else(|| "/dev/video0".into());
     let dir = PathBuf::from(args.next().unwrap_or_else(|| "/tmp/captures".into()));
@@ -27,7 +76,7 @@ fn main() {
         }
     };
     let started = Instant::now();
-    match capture.snapshot() {
+    match capture.snapshot(permit) {
         Ok(path) => {
             println!("SNAPSHOT-MS {}", started.elapsed().as_millis());
             match image::open(&path) {
@@ -41,18 +90,18 @@ fn main() {
         }
         Err(e) => println!("error snapshot: {e}"),
     }
-    match capture.start_recording(Kind::Video) {
+    match capture.start_recording(permit, Kind::Video) {
         Ok(path) => {
             std::thread::sleep(Duration::from_secs(3));
             // A snapshot while recording comes from the recording's tap.
-            match capture.snapshot() {
+            match capture.snapshot(permit) {
                 Ok(_) => println!("SNAPSHOT-WHILE-RECORDING ok"),
                 Err(e) => println!("error snapshot while recording: {e}"),
             }
             // Under TCG a 4K frame takes long to encode: a stop may outlast its bound, and
             // the recording then ends on its own thread.
             let waited = Instant::now();
-            let stopped = capture.stop_recording(Kind::Video);
+            let stopped = capture.stop_recording(permit, Kind::Video);
             while !capture.status().recording.is_empty() && waited.elapsed().as_secs() < 120 {
                 std::thread::sleep(Duration::from_millis(200));
             }
@@ -78,7 +127,7 @@ fn main() {
         dir: PathBuf::from("/tmp/none"),
         quota_bytes: 1 << 20,
     })
-    .map(|c| c.snapshot())
+    .map(|c| c.snapshot(permit))
     {
         Ok(Err(e)) => println!("MISSING {e}"),
         other => println!("error missing device: {:?}", other.map(|r| r.is_ok())),

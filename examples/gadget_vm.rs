@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rtmd::claims::Claims;
-use rtmd::gadget::{Configfs, GadgetError, Mode, Owner, Status, StorageOptions, keyboard};
+use rtmd::config::ConfigfsChoice;
+use rtmd::gadget::{GadgetError, Mode, Owner, Status, StorageOptions, keyboard};
+use rtmd::images::Claims;
 
 fn main() {
     let images = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "/images".into()));
@@ -28,7 +29,13 @@ fn main() {
         key_delay: Duration::from_millis(10),
         cow_dir: images.join(".rtmd/gadget/vm"),
     };
-    let host: Box<dyn Configfs> = rtmd::gadget::host_for(None);
+    let host = match rtmd::gadget::host_for(&ConfigfsChoice::Kernel(None)) {
+        Ok(host) => host,
+        Err(e) => {
+            println!("error configfs: {e}");
+            return;
+        }
+    };
     let (status, _) = tokio::sync::watch::channel(Status::default());
     let mut owner = Owner::new(options, host, Claims::new(), status);
     let mut attached_at = Instant::now();

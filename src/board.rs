@@ -1,40 +1,43 @@
 //! One board: builds the configured subsystems, runs them, and stops them fail-safe.
 //!
-//! This is the table of contents of the daemon. Building touches no hardware (starting never
-//! switches power); stopping leaves power as `on_stop` says.
+//! This is the table of contents of the daemon: the parts, and the gate every face passes.
+//! The faces (`bus/`, `pdu/`) are built from a `&Board` by the daemon; nothing here knows
+//! them. Building touches no hardware (starting never switches power); stopping leaves
+//! power as `on_stop` says.
 
 use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::access::{Access, Ended, OnRelease};
-use crate::bus;
+use crate::access::{
+    Access, AccessError, Caller, EndReason, Ended, FaceError, Gate, OnRelease, clip,
+};
 use crate::capture::Capture;
-use crate::claims::Claims;
 use crate::config::{Config, OnStop};
 use crate::console::Console;
 use crate::gadget::{Storage, StorageOptions};
 use crate::images::Store;
 use crate::nbd::{Nbd, NbdOptions};
-use crate::pdu_api;
-use crate::power::{Power, PowerState, PowerStatus};
+use crate::power::{Power, PowerError, PowerState, PowerStatus};
 
 /// How long stopping may spend switching the board off before giving up (systemd's stop
 /// timeout must be longer).
 const STOP_BUDGET: Duration = Duration::from_secs(20);
 
+/// The board's parts: what every face is built from. Each part is a cheap handle whose
+/// mutating calls take the gate's permit.
 pub struct Board {
     pub config: Config,
     pub power: Option<Power>,
     pub console: Option<Console>,
+    /// The image folder; it also owns the claims (who serves which image).
     pub images: Option<Store>,
     pub nbd: Option<Nbd>,
     pub storage: Option<Storage>,
     pub capture: Option<Capture>,
-    /// Images the USB gadget holds, so NBD never exports one writable meanwhile.
-    pub claims: Claims,
-    /// Who holds the board, checked by every mutating D-Bus method; and the audit trail.
-    pub gate: bus::Gate,
+    /// Who holds the board, checked for every change through every face; and the audit
+    /// trail.
+    pub gate: Gate,
 }
 
 impl Board {
@@ -45,9 +48,16 @@ impl Board {
         for section in &config.pending_sections {
             warn!("[{section}] is configured but not served by this version of rtmd yet");
         }
+        let (access, ended) = Access::new(config.access.clone());
+        access.spawn_expiry();
+        let gate = Gate::new(access);
         let power = config.power.as_ref().map(Power::spawn);
         let console = match &config.console {
-            Some(c) => Some(Console::start(c).await.map_err(|e| e.to_string())?),
+            Some(c) => Some(
+                Console::start(c, gate.clone())
+                    .await
+                    .map_err(|e| e.to_string())?,
+            ),
             None => None,
         };
         let images = match &config.images {
@@ -63,12 +73,12 @@ impl Board {
                         .overlay_dir
                         .clone()
                         .unwrap_or_else(|| store.dir().join(".rtmd/overlays").join(&config.name)),
+                    claims: store.claims().clone(),
                 })
                 .map_err(|e| format!("[nbd]: {e}"))?,
             ),
             _ => None,
         };
-        let claims = Claims::new();
         let storage = match (&config.storage, &images) {
             (Some(c), Some(store)) => Some(
                 Storage::start(
@@ -89,9 +99,8 @@ impl Board {
                             .clone()
                             .unwrap_or_else(|| store.dir().join(".rtmd/gadget").join(&config.name)),
                     },
-                    crate::gadget::host_for(c.configfs.as_deref()),
-                    claims.clone(),
-                    nbd.clone(),
+                    crate::gadget::host_for(&c.configfs).map_err(|e| format!("[storage]: {e}"))?,
+                    store.claims().clone(),
                 )
                 .map_err(|e| format!("[storage]: {e}"))?,
             ),
@@ -101,13 +110,7 @@ impl Board {
             Some(c) => Some(Capture::start(c).map_err(|e| format!("[capture]: {e}"))?),
             None => None,
         };
-        let (access, ended) = Access::new(config.access.clone());
-        access.spawn_expiry();
-        let gate = bus::Gate::new(access);
         spawn_lease_ends(ended, gate.clone(), power.clone());
-        if let (Some(api), Some(power)) = (&config.pdudaemon_api, &power) {
-            pdu_api::start(api, power.clone()).await?;
-        }
         Ok(Board {
             config,
             power,
@@ -116,7 +119,6 @@ impl Board {
             nbd,
             storage,
             capture,
-            claims,
             gate,
         })
     }
@@ -143,11 +145,6 @@ impl Board {
         .filter(|(_, present)| *present)
         .map(|(name, _)| name.to_string())
         .collect()
-    }
-
-    /// The root D-Bus object of this board.
-    pub fn dut(&self) -> bus::Dut {
-        bus::Dut::new(self.name(), self.subsystems(), self.gate.clone())
     }
 
     /// Reads the initial power state in the background: a read, never a switch.
@@ -198,7 +195,13 @@ impl Board {
             );
             return;
         }
-        match tokio::time::timeout(STOP_BUDGET, power.off()).await {
+        let caller = Caller::daemon("on_stop = off");
+        let off = self
+            .gate
+            .run(&caller, "Power.Off", String::new(), |permit| async move {
+                Ok::<_, OwnError>(power.off(&permit).await?)
+            });
+        match tokio::time::timeout(STOP_BUDGET, off).await {
             Ok(Ok(_)) => info!(
                 subsystem = "power",
                 "stopping; power switched off (on_stop = off)"
@@ -216,11 +219,28 @@ impl Board {
     }
 }
 
+/// What the daemon's own calls through the gate can fail with. The gate never refuses the
+/// daemon, but its type says what a refusal would be.
+#[derive(Debug, thiserror::Error)]
+enum OwnError {
+    #[error("{0}")]
+    Power(#[from] PowerError),
+    #[error("{0}")]
+    Access(#[from] AccessError),
+}
+
+impl FaceError for OwnError {
+    fn audit_summary(&self) -> String {
+        self.to_string()
+    }
+}
+
 /// Acts on every lease that ends: logs and records it, and with `on_release = "off"`
-/// switches the board off, so the next holder finds it as a fresh job would.
+/// switches the board off (through the gate, as the daemon), so the next holder finds it as a
+/// fresh job would.
 fn spawn_lease_ends(
     mut ended: tokio::sync::mpsc::UnboundedReceiver<Ended>,
-    gate: bus::Gate,
+    gate: Gate,
     power: Option<Power>,
 ) {
     tokio::spawn(async move {
@@ -234,7 +254,16 @@ fn spawn_lease_ends(
             );
             let off = gate.access().config().on_release == OnRelease::Off;
             let result = match (&power, off) {
-                (Some(p), true) => p.off().await.map(|_| ()).map_err(bus::Error::from),
+                (Some(p), true) => gate
+                    .run(
+                        &Caller::daemon("on_release = off"),
+                        "Power.Off",
+                        "on_release = off".to_string(),
+                        |permit| async move { Ok::<_, OwnError>(p.off(&permit).await?) },
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
                 _ => Ok(()),
             };
             let what = if off && power.is_some() {
@@ -242,15 +271,16 @@ fn spawn_lease_ends(
             } else {
                 ""
             };
-            gate.audit(
+            gate.record(
                 Some(lease.uid),
+                "rtmd",
                 match reason {
-                    crate::access::EndReason::Expired => "Lease.Expired",
-                    crate::access::EndReason::Released => "Lease.Released",
-                    crate::access::EndReason::ForceReleased => "Lease.ForceReleased",
+                    EndReason::Expired => "Lease.Expired",
+                    EndReason::Released => "Lease.Released",
+                    EndReason::ForceReleased => "Lease.ForceReleased",
                 },
-                &format!("{:?} {what}", crate::access::clip(&lease.holder, 80)),
-                &result.as_ref().map(|_| ()),
+                &format!("{:?} {what}", clip(&lease.holder, 80)),
+                result,
             );
         }
     });

@@ -187,6 +187,8 @@ pub struct ConsoleConfig {
     pub input: ConsoleInput,
     /// Output a client may have queued before it is disconnected as too slow.
     pub client_buffer: usize,
+    /// Who typing on the TCP ports acts as.
+    pub tcp_identity: crate::access::Identity,
 }
 
 /// The `[images]` section: the one image folder (`docs/images.md`).
@@ -228,10 +230,17 @@ pub struct StorageConfig {
     pub inquiry: Option<String>,
     /// Between two keyboard reports.
     pub key_delay_ms: u64,
-    /// A folder laid out like configfs instead of the kernel's (tests, demo).
-    pub configfs: Option<PathBuf>,
+    /// The kernel's configfs, or a folder laid out like it (tests, demo).
+    pub configfs: ConfigfsChoice,
     /// Where `cow` copies live (default: `<images dir>/.rtmd/gadget/<board>`).
     pub cow_dir: Option<PathBuf>,
+}
+
+/// Which configfs the gadget drives. (Interim: the config-types branch replaces this.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigfsChoice {
+    Kernel(Option<PathBuf>),
+    Folder(PathBuf),
 }
 
 /// `[capture]`: HDMI and audio capture (docs/capture.md).
@@ -264,6 +273,8 @@ pub struct PduApiConfig {
     pub hostname: String,
     /// The PDU port requests must give (`port=`).
     pub port: u16,
+    /// Who requests act as (no credentials on this face).
+    pub identity: crate::access::Identity,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -559,6 +570,7 @@ fn validate(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
                     .as_ref()
                     .map_or_else(|| raw.name.get_ref().clone(), |h| h.get_ref().clone()),
                 port: api.port.as_ref().map_or(1, |p| *p.get_ref()),
+                identity: crate::access::Identity::Label("pdudaemon-api".to_string()),
             })
         }
         None => None,
@@ -859,7 +871,10 @@ fn validate_storage(cx: &Cx<'_>, s: &RawStorage) -> Result<StorageConfig, Config
         removable: s.removable.as_ref().is_none_or(|v| *v.get_ref()),
         inquiry,
         key_delay_ms,
-        configfs: absolute(&s.configfs, "configfs")?,
+        configfs: match absolute(&s.configfs, "configfs")? {
+            Some(p) => ConfigfsChoice::Folder(p),
+            None => ConfigfsChoice::Kernel(None),
+        },
         cow_dir: absolute(&s.cow_dir, "cow_dir")?,
     })
 }
@@ -948,6 +963,7 @@ fn validate_console(cx: &Cx<'_>, c: &RawConsole) -> Result<ConsoleConfig, Config
             &[("all", ConsoleInput::All), ("first", ConsoleInput::First)],
         )?,
         client_buffer: client_kib as usize * 1024,
+        tcp_identity: crate::access::Identity::Label("console-tcp".to_string()),
     })
 }
 

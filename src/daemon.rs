@@ -1,5 +1,6 @@
-//! The daemon's life: build the board, take its place on the bus, say READY, feed the
-//! watchdog while the subsystems make progress, and stop fail-safe on SIGTERM or SIGINT.
+//! The daemon's life: build the board, open its faces (the bus, the pdudaemon API), say
+//! READY, feed the watchdog while the subsystems make progress, and stop fail-safe on
+//! SIGTERM or SIGINT.
 
 use std::process::ExitCode;
 
@@ -9,6 +10,7 @@ use tracing::{error, info};
 use crate::board::{Board, status_line};
 use crate::bus::{self, BusChoice};
 use crate::config::Config;
+use crate::pdu;
 use crate::systemd;
 
 /// Exit status when the daemon cannot start (bus unreachable, name taken).
@@ -36,20 +38,12 @@ pub async fn run(config: Config, bus_choice: &BusChoice) -> ExitCode {
             return ExitCode::from(EXIT_START_FAILED);
         }
     };
-    let _connection = match bus::serve(
-        bus_choice,
-        board.dut(),
-        board.power.clone(),
-        board.console.clone(),
-        board.images.clone(),
-        board.nbd.clone(),
-        board.storage.clone(),
-        board.claims.clone(),
-        board.capture.clone(),
-        board.gate.clone(),
-    )
-    .await
-    {
+    // The faces, each built from the board's parts; every change they make passes the gate.
+    if let Err(e) = pdu::start(&board).await {
+        error!("{e}");
+        return ExitCode::from(EXIT_START_FAILED);
+    }
+    let _connection = match bus::serve(bus_choice, &board).await {
         Ok(c) => c,
         Err(e) => {
             error!("{e}");

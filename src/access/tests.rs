@@ -160,7 +160,7 @@ fn audit_ring_is_bounded() {
     let (a, _ended) = board();
     let start = SystemTime::now();
     for i in 0..5 {
-        a.record(AuditEntry::new(Some(i), "", "Power.On", "", "ok"));
+        a.record(AuditEntry::new(Some(i), "", "Power.On", "", "", "ok"));
     }
     let h = a.history(start);
     assert_eq!(h.len(), 3, "capacity 3");
@@ -171,15 +171,15 @@ fn audit_ring_is_bounded() {
 
 #[test]
 fn audit_text_is_clipped_and_escaped() {
-    let e = AuditEntry::new(None, "", "Console.Send", &"y".repeat(10_000), "ok");
+    let e = AuditEntry::new(None, "", "Console.Send", &"y".repeat(10_000), "", "ok");
     assert!(e.args.len() <= AuditEntry::MAX_TEXT);
     assert_eq!(e.args.capacity(), e.args.len());
     assert!(e.args.ends_with("..."));
-    let e = AuditEntry::new(None, &"h".repeat(5000), "Power.On", "", "ok");
+    let e = AuditEntry::new(None, &"h".repeat(5000), "Power.On", "", "", "ok");
     assert!(e.holder.len() <= AuditEntry::MAX_TEXT);
     assert_eq!(
         AuditEntry::MAX_BYTES,
-        std::mem::size_of::<AuditEntry>() + 768
+        std::mem::size_of::<AuditEntry>() + 1024
     );
     assert_eq!(clip("a\nb", 100), "a\\nb");
     assert_eq!(clip("abcdef", 5), "ab...");

@@ -1,21 +1,11 @@
-//! The lease check every mutating D-Bus method goes through ([`Gate::run`]), the caller's
-//! uid from the bus daemon's credentials, and the mapping of lease errors to D-Bus errors.
+//! The D-Bus face's side of the gate: the caller's uid from the bus daemon's credentials,
+//! lease refusals as named D-Bus errors, and [`BusGate::run`], which every mutating method
+//! runs (written for it by `gated_interface!` in mod.rs).
 //!
-//! A method that changes the board takes the message header and the connection and wraps
-//! its body:
-//!
-//! ```ignore
-//! async fn on(&self, #[zbus(header)] hdr: Header<'_>, #[zbus(connection)] conn: &Connection)
-//!     -> Result<(), Error> {
-//!     self.gate.run(&hdr, conn, "Power.On", String::new(), async { ... }).await
-//! }
-//! ```
-//!
-//! `run` asks the bus for the sender's uid (`GetConnectionUnixUser`; never an argument),
-//! refuses with `org.rtmd.Dut1.Error.Leased` while another uid holds the board, runs the
-//! body, and records the call with its result in the journal and the audit history. A call
-//! without a sender (a peer-to-peer connection, no bus daemon to vouch for the peer) is
-//! refused: with no uid there is no telling whether the caller holds the board.
+//! `run` asks the bus for the sender's uid (`GetConnectionUnixUser`; never an argument) and
+//! hands the call to the board's [`Gate`]. A call without a sender (a peer-to-peer
+//! connection, no bus daemon to vouch for the peer) is refused: with no uid there is no
+//! telling whether the caller holds the board.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -26,7 +16,7 @@ use zbus::message::Header;
 use zbus::names::BusName;
 
 use super::Error;
-use crate::access::{Access, AccessError, AuditEntry, clip};
+use crate::access::{AccessError, Caller, Face, FaceError, Gate, Permit};
 
 impl From<AccessError> for Error {
     fn from(e: AccessError) -> Self {
@@ -39,28 +29,40 @@ impl From<AccessError> for Error {
     }
 }
 
-/// The lease check and audit of one board, shared by every interface (cheap to clone).
+impl FaceError for Error {
+    /// The error's short D-Bus name and its message: `Leased: held by ...`.
+    fn audit_summary(&self) -> String {
+        let name = zbus::DBusError::name(self).to_string();
+        let short = name.rsplit('.').next().unwrap_or(&name).to_string();
+        format!(
+            "{short}: {}",
+            zbus::DBusError::description(self).unwrap_or("")
+        )
+    }
+}
+
+/// The board's gate as the D-Bus interfaces use it (cheap to clone).
 #[derive(Clone)]
-pub struct Gate {
-    access: Access,
+pub struct BusGate {
+    gate: Gate,
     /// The bus daemon's proxy, built on first use (a peer-to-peer connection never needs it).
     dbus: Arc<OnceCell<zbus::fdo::DBusProxy<'static>>>,
 }
 
-impl Gate {
-    pub fn new(access: Access) -> Gate {
-        Gate {
-            access,
+impl BusGate {
+    pub fn new(gate: Gate) -> BusGate {
+        BusGate {
+            gate,
             dbus: Arc::new(OnceCell::new()),
         }
     }
 
-    pub fn access(&self) -> &Access {
-        &self.access
+    pub fn gate(&self) -> &Gate {
+        &self.gate
     }
 
-    /// The Unix uid of the message's sender, as the bus daemon knows it.
-    pub async fn caller(&self, hdr: &Header<'_>, conn: &Connection) -> Result<u32, Error> {
+    /// The message's sender as a [`Caller`], with its Unix uid as the bus daemon knows it.
+    pub async fn caller(&self, hdr: &Header<'_>, conn: &Connection) -> Result<Caller, Error> {
         let Some(sender) = hdr.sender() else {
             return Err(Error::AccessDenied(
                 "the call carries no sender (a peer-to-peer connection?): rtmd needs the \
@@ -78,15 +80,37 @@ impl Gate {
             })
             .await
             .map_err(|e| Error::AccessDenied(format!("cannot ask the bus who calls: {e}")))?;
-        proxy
+        let uid = proxy
             .get_connection_unix_user(BusName::Unique(sender.to_owned()))
             .await
-            .map_err(|e| Error::AccessDenied(format!("the bus has no uid for {sender}: {e}")))
+            .map_err(|e| Error::AccessDenied(format!("the bus has no uid for {sender}: {e}")))?;
+        Ok(Caller::uid(uid, Face::Bus, sender.as_str()))
     }
 
-    /// The check, the call and its record: what every mutating method runs. `method` is
-    /// `Interface.Method` without the `org.rtmd.Dut1.` prefix; `args` a short summary.
-    pub async fn run<T, F>(
+    /// The caller, or the refusal recorded: for the methods that then run the gate their
+    /// own way (the lease methods).
+    pub async fn known_caller(
+        &self,
+        hdr: &Header<'_>,
+        conn: &Connection,
+        method: &'static str,
+        args: &str,
+    ) -> Result<Caller, Error> {
+        self.caller(hdr, conn).await.inspect_err(|e| {
+            let via = format!(
+                "{} {}",
+                Face::Bus.as_str(),
+                hdr.sender().map(|s| s.as_str()).unwrap_or("(no sender)")
+            );
+            self.gate
+                .record(None, &via, method, args, Err(e.audit_summary()));
+        })
+    }
+
+    /// The caller, the lease check, the call and its record: what every mutating method
+    /// runs. `method` is `Interface.Method` without the `org.rtmd.Dut1.` prefix; `args` a
+    /// short summary.
+    pub async fn run<T, F, Fut>(
         &self,
         hdr: &Header<'_>,
         conn: &Connection,
@@ -95,84 +119,10 @@ impl Gate {
         body: F,
     ) -> Result<T, Error>
     where
-        F: Future<Output = Result<T, Error>>,
+        F: FnOnce(Permit) -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
     {
-        let uid = match self.caller(hdr, conn).await {
-            Ok(uid) => uid,
-            Err(e) => {
-                self.audit(None, method, &args, &Err::<(), _>(&e));
-                return Err(e);
-            }
-        };
-        self.run_as(uid, method, args, body).await
+        let caller = self.known_caller(hdr, conn, method, &args).await?;
+        self.gate.run(&caller, method, args, body).await
     }
-
-    /// [`Gate::run`] for a caller whose uid is known already (the lease methods).
-    pub async fn run_as<T, F>(
-        &self,
-        uid: u32,
-        method: &'static str,
-        args: String,
-        body: F,
-    ) -> Result<T, Error>
-    where
-        F: Future<Output = Result<T, Error>>,
-    {
-        if let Err(e) = self.access.check(uid) {
-            let e = Error::from(e);
-            self.audit(Some(uid), method, &args, &Err::<(), _>(&e));
-            return Err(e);
-        }
-        let result = body.await;
-        self.audit(Some(uid), method, &args, &result.as_ref().map(|_| ()));
-        result
-    }
-
-    /// One record: the journal (structured fields) and the in-daemon history.
-    pub fn audit(
-        &self,
-        uid: Option<u32>,
-        method: &'static str,
-        args: &str,
-        result: &Result<(), &Error>,
-    ) {
-        let holder = self
-            .access
-            .current()
-            .map(|l| format!("{} (uid {})", l.holder, l.uid))
-            .unwrap_or_default();
-        let result = match result {
-            Ok(()) => "ok".to_string(),
-            Err(e) => {
-                let name = zbus::DBusError::name(*e).to_string();
-                let short = name.rsplit('.').next().unwrap_or(&name).to_string();
-                format!(
-                    "{short}: {}",
-                    zbus::DBusError::description(*e).unwrap_or("")
-                )
-            }
-        };
-        let entry = AuditEntry::new(uid, &holder, method, args, &result);
-        // The journal gets the same fields (AUDIT_UID=, AUDIT_METHOD=, ...), as journalctl
-        // filters need them: `journalctl -u rtmd@rpi4-01 AUDIT_METHOD=Power.On`.
-        tracing::info!(
-            target: "rtmd::audit",
-            audit_uid = uid.map_or(-1, i64::from),
-            audit_holder = %entry.holder,
-            audit_method = method,
-            audit_args = %entry.args,
-            audit_result = %entry.result,
-            "{method}({}) by uid {}: {}",
-            entry.args,
-            uid.map_or_else(|| "unknown".to_string(), |u| u.to_string()),
-            entry.result
-        );
-        self.access.record(entry);
-    }
-}
-
-/// A summary of bytes sent to the board: their count and the start, escaped.
-pub fn bytes_summary(data: &[u8]) -> String {
-    let head = String::from_utf8_lossy(&data[..data.len().min(64)]);
-    format!("{} bytes: {}", data.len(), clip(&head, 80))
 }

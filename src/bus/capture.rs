@@ -5,11 +5,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use zbus::message::Header;
 use zbus::{Connection, interface};
 
-use super::access::Gate;
+use super::access::BusGate;
 use super::{Error, PATH};
+use crate::access::clip;
 use crate::capture::{Capture, CaptureError, Kind};
 
 impl From<CaptureError> for Error {
@@ -32,11 +32,11 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub struct CaptureIface {
     capture: Capture,
-    gate: Gate,
+    gate: BusGate,
 }
 
 impl CaptureIface {
-    pub fn new(capture: Capture, gate: Gate) -> Self {
+    pub fn new(capture: Capture, gate: BusGate) -> Self {
         CaptureIface { capture, gate }
     }
 
@@ -75,67 +75,35 @@ fn text(p: PathBuf) -> String {
     p.to_string_lossy().into_owned()
 }
 
+gated_interface! {
 #[interface(name = "org.rtmd.Dut1.Capture")]
 impl CaptureIface {
-    /// Saves the screen as a PNG in the capture folder; returns its path.
-    #[zbus(out_args("png_path"))]
-    async fn snapshot(
-        &self,
-        #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
-    ) -> Result<String, Error> {
-        self.gate
-            .run(&hdr, conn, "Capture.Snapshot", String::new(), async {
-                self.blocking(|c| c.snapshot()).await.map(text)
-            })
-            .await
-    }
+    gated {
+        #[gated("Capture.Snapshot", String::new())]
+        /// Saves the screen as a PNG in the capture folder; returns its path.
+        #[zbus(out_args("png_path"))]
+        async fn snapshot(&self) -> Result<String, Error> |permit| {
+            self.blocking(move |c| c.snapshot(&permit)).await.map(text)
+        }
 
-    /// Starts recording `kind` (`video`, `audio`, `both`) into Matroska; returns the path.
-    #[zbus(out_args("path"))]
-    async fn start_recording(
-        &self,
-        kind: &str,
-        #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
-    ) -> Result<String, Error> {
-        self.gate
-            .run(
-                &hdr,
-                conn,
-                "Capture.StartRecording",
-                crate::access::clip(kind, 8),
-                async {
-                    let kind = self::kind(kind)?;
-                    self.blocking(move |c| c.start_recording(kind))
-                        .await
-                        .map(text)
-                },
-            )
-            .await
-    }
+        #[gated("Capture.StartRecording", clip(kind, 8))]
+        /// Starts recording `kind` (`video`, `audio`, `both`) into Matroska; returns the path.
+        #[zbus(out_args("path"))]
+        async fn start_recording(&self, kind: &str) -> Result<String, Error> |permit| {
+            let kind = self::kind(kind)?;
+            self.blocking(move |c| c.start_recording(&permit, kind))
+                .await
+                .map(text)
+        }
 
-    /// Stops the `kind` recording; returns once the file is finalized.
-    async fn stop_recording(
-        &self,
-        kind: &str,
-        #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
-    ) -> Result<(), Error> {
-        self.gate
-            .run(
-                &hdr,
-                conn,
-                "Capture.StopRecording",
-                crate::access::clip(kind, 8),
-                async {
-                    let kind = self::kind(kind)?;
-                    self.blocking(move |c| c.stop_recording(kind))
-                        .await
-                        .map(drop)
-                },
-            )
-            .await
+        #[gated("Capture.StopRecording", clip(kind, 8))]
+        /// Stops the `kind` recording; returns once the file is finalized.
+        async fn stop_recording(&self, kind: &str) -> Result<(), Error> |permit| {
+            let kind = self::kind(kind)?;
+            self.blocking(move |c| c.stop_recording(&permit, kind))
+                .await
+                .map(drop)
+        }
     }
 
     /// Compares the screen with a PNG: (score >= threshold, score in 0..1).
@@ -214,6 +182,7 @@ impl CaptureIface {
     fn dir(&self) -> String {
         self.capture.dir().to_string_lossy().into_owned()
     }
+}
 }
 
 /// `PropertiesChanged` for every property that changed with the capture status.

@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use zbus::message::Header;
 use zbus::{Connection, interface};
 
-use super::access::{Gate, bytes_summary};
+use super::access::BusGate;
 use super::{Error, PATH};
+use crate::access::bytes_summary;
 use crate::console::{Console, ConsoleError};
 
 impl From<ConsoleError> for Error {
@@ -25,46 +25,42 @@ impl From<ConsoleError> for Error {
 
 pub struct ConsoleIface {
     console: Console,
-    gate: Gate,
+    gate: BusGate,
 }
 
 impl ConsoleIface {
-    pub fn new(console: Console, gate: Gate) -> Self {
+    pub fn new(console: Console, gate: BusGate) -> Self {
         ConsoleIface { console, gate }
     }
 }
 
+gated_interface! {
 #[interface(name = "org.rtmd.Dut1.Console")]
 impl ConsoleIface {
-    /// Sends bytes to the board as they are.
-    async fn send(
-        &self,
-        data: Vec<u8>,
-        #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
-    ) -> Result<(), Error> {
-        let args = bytes_summary(&data);
-        self.gate
-            .run(&hdr, conn, "Console.Send", args, async {
-                Ok(self.console.send(data.into()).await?)
-            })
-            .await
+    gated {
+        #[gated("Console.Send", bytes_summary(&data))]
+        async fn send(&self, data: Vec<u8>) -> Result<(), Error> |permit| {
+            Ok(self.console.send(&permit, data.into()).await?)
+        }
+
+        #[gated("Console.SendBreak", String::new())]
+        async fn send_break(&self) -> Result<(), Error> |permit| {
+            Ok(self.console.send_break(&permit).await?)
+        }
+
+        #[gated("Console.Attach", String::new())]
+        /// A socket that is a console client; what is typed into it passes the lease check
+        /// as the caller who attached it.
+        #[zbus(out_args("socket"))]
+        async fn attach(&self) -> Result<zbus::OwnedFd, Error> |permit| {
+            let stream = self
+                .console
+                .attach(&permit)
+                .map_err(|e| Error::Hardware(format!("cannot create a console socket: {e}")))?;
+            Ok(std::os::fd::OwnedFd::from(stream).into())
+        }
     }
 
-    /// Holds the line low for 250 ms (a serial break: SysRq on Linux, stop on some monitors).
-    async fn send_break(
-        &self,
-        #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
-    ) -> Result<(), Error> {
-        self.gate
-            .run(&hdr, conn, "Console.SendBreak", String::new(), async {
-                Ok(self.console.send_break().await?)
-            })
-            .await
-    }
-
-    /// Waits until the board's output from now on matches `regex`; returns the match.
     #[zbus(out_args("match"))]
     async fn wait_for(&self, regex: &str, timeout_ms: u32) -> Result<String, Error> {
         Ok(self
@@ -76,23 +72,6 @@ impl ConsoleIface {
     /// A socket connected to the console as a raw client (extension). It writes to the
     /// board, so it is a mutating call: refused to others while the board is held. A socket
     /// handed out before a lease was taken stays connected (docs/access.md).
-    #[zbus(out_args("socket"))]
-    async fn attach(
-        &self,
-        #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
-    ) -> Result<zbus::OwnedFd, Error> {
-        self.gate
-            .run(&hdr, conn, "Console.Attach", String::new(), async {
-                let stream = self
-                    .console
-                    .attach()
-                    .map_err(|e| Error::Hardware(format!("cannot create a console socket: {e}")))?;
-                Ok(std::os::fd::OwnedFd::from(stream).into())
-            })
-            .await
-    }
-
     #[zbus(property(emits_changed_signal = "const"))]
     fn device(&self) -> String {
         self.console.device()
@@ -139,6 +118,7 @@ impl ConsoleIface {
     fn last_error(&self) -> String {
         self.console.status().last_error.unwrap_or_default()
     }
+}
 }
 
 /// `PropertiesChanged` for `Connected`, `LastError` and `Clients`.

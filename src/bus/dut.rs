@@ -8,14 +8,14 @@ use std::time::{Duration, SystemTime};
 use zbus::message::Header;
 use zbus::{Connection, interface};
 
-use super::access::Gate;
+use super::access::BusGate;
 use super::{Error, PATH};
-use crate::access::{Lease, is_admin, unix};
+use crate::access::{Caller, Gate, Lease, clip, is_admin, unix};
 
 pub struct Dut {
     name: String,
     subsystems: Vec<String>,
-    gate: Gate,
+    gate: BusGate,
 }
 
 impl Dut {
@@ -23,7 +23,7 @@ impl Dut {
         Dut {
             name: name.to_string(),
             subsystems,
-            gate,
+            gate: BusGate::new(gate),
         }
     }
 
@@ -32,18 +32,21 @@ impl Dut {
     }
 
     fn lease(&self) -> Option<Lease> {
-        self.gate.access().current()
+        self.gate.gate().access().current()
     }
 }
 
-/// One audit record on the bus: (time s, uid or -1, holder, method, args, result).
 type AuditRecord = (u64, i64, String, String, String, String);
+
+/// The caller's uid: a bus caller always has one.
+fn uid(caller: &Caller) -> Result<u32, Error> {
+    caller
+        .uid_of()
+        .ok_or_else(|| Error::AccessDenied("the caller has no uid".to_string()))
+}
 
 #[interface(name = "org.rtmd.Dut1")]
 impl Dut {
-    /// Takes the board for the caller's uid for `ttl_s` seconds. `holder` says who or what
-    /// ("lava job 1234", "bisecting a boot regression"). Held by anyone (the caller too:
-    /// use `Renew`) is `Leased`.
     #[zbus(out_args("expires"))]
     async fn acquire(
         &self,
@@ -52,17 +55,18 @@ impl Dut {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<u64, Error> {
-        let uid = self.caller(&hdr, conn, "Acquire").await?;
-        let args = format!("{:?}, {ttl_s} s", crate::access::clip(holder, 80));
+        let args = format!("{:?}, {ttl_s} s", clip(holder, 80));
+        let caller = self.gate.known_caller(&hdr, conn, "Acquire", &args).await?;
         let ttl = Duration::from_secs(u64::from(ttl_s));
+        let access = self.gate.gate().access();
         self.gate
-            .run_as(uid, "Acquire", args, async {
-                Ok(unix(self.gate.access().acquire(uid, holder, ttl)?.expires))
+            .gate()
+            .run(&caller, "Acquire", args, |_| async {
+                Ok(unix(access.acquire(uid(&caller)?, holder, ttl)?.expires))
             })
             .await
     }
 
-    /// Extends the caller's lease to `ttl_s` seconds from now.
     #[zbus(out_args("expires"))]
     async fn renew(
         &self,
@@ -70,75 +74,70 @@ impl Dut {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<u64, Error> {
-        let uid = self.caller(&hdr, conn, "Renew").await?;
+        let args = format!("{ttl_s} s");
+        let caller = self.gate.known_caller(&hdr, conn, "Renew", &args).await?;
         let ttl = Duration::from_secs(u64::from(ttl_s));
-        // Not through run_as: the lease check there would let only the holder past, which
-        // renew() decides itself with a better message.
-        let result = self
-            .gate
-            .access()
-            .renew(uid, ttl)
-            .map(|l| unix(l.expires))
-            .map_err(Error::from);
-        self.gate.audit(
-            Some(uid),
-            "Renew",
-            &format!("{ttl_s} s"),
-            &result.as_ref().map(|_| ()),
-        );
-        result
+        let access = self.gate.gate().access();
+        self.gate
+            .gate()
+            .run_unchecked(&caller, "Renew", args, async {
+                Ok(unix(access.renew(uid(&caller)?, ttl)?.expires))
+            })
+            .await
     }
 
-    /// Ends the caller's lease. Nobody holding is `NotFound`; another uid holding is
-    /// `Leased`.
     async fn release(
         &self,
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(), Error> {
-        let uid = self.caller(&hdr, conn, "Release").await?;
-        let result = self
-            .gate
-            .access()
-            .release(uid)
-            .map(|_| ())
-            .map_err(Error::from);
+        let caller = self.gate.known_caller(&hdr, conn, "Release", "").await?;
+        let access = self.gate.gate().access();
         self.gate
-            .audit(Some(uid), "Release", "", &result.as_ref().map(|_| ()));
-        result
+            .gate()
+            .run_unchecked(&caller, "Release", String::new(), async {
+                access.release(uid(&caller)?)?;
+                Ok(())
+            })
+            .await
     }
 
-    /// Ends whoever's lease (root and members of `[access] admin_group`).
     async fn force_release(
         &self,
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(), Error> {
-        let uid = self.caller(&hdr, conn, "ForceRelease").await?;
-        let access = self.gate.access();
-        let admin = is_admin(uid, access.config().admin_group.as_deref());
-        let result = access.force_release(admin).map(|_| ()).map_err(Error::from);
+        let caller = self
+            .gate
+            .known_caller(&hdr, conn, "ForceRelease", "")
+            .await?;
+        let access = self.gate.gate().access();
         self.gate
-            .audit(Some(uid), "ForceRelease", "", &result.as_ref().map(|_| ()));
-        result
+            .gate()
+            .run_unchecked(&caller, "ForceRelease", String::new(), async {
+                let admin = is_admin(uid(&caller)?, access.config().admin_group.as_deref());
+                access.force_release(admin)?;
+                Ok(())
+            })
+            .await
     }
 
-    /// The audit history from `since` (seconds since the epoch; 0: all it keeps), oldest
-    /// first: (time, uid or -1, holder, method, arguments, result).
     #[zbus(out_args("records"))]
     async fn audit(&self, since: u64) -> Vec<AuditRecord> {
         let since = SystemTime::UNIX_EPOCH + Duration::from_secs(since);
         self.gate
+            .gate()
             .access()
             .history(since)
             .into_iter()
             .map(|e| {
+                let args = e.args_with_via();
                 (
                     unix(e.time),
                     e.uid.map_or(-1, i64::from),
                     e.holder,
                     e.method.to_string(),
-                    e.args,
+                    args,
                     e.result,
                 )
             })
@@ -185,21 +184,6 @@ impl Dut {
     }
 }
 
-impl Dut {
-    /// The caller's uid; a call without one is refused and recorded.
-    async fn caller(
-        &self,
-        hdr: &Header<'_>,
-        conn: &Connection,
-        method: &'static str,
-    ) -> Result<u32, Error> {
-        self.gate.caller(hdr, conn).await.inspect_err(|e| {
-            self.gate.audit(None, method, "", &Err(e));
-        })
-    }
-}
-
-/// `PropertiesChanged` for the lease properties whenever the lease changes (taken,
 /// renewed, released, expired).
 pub async fn spawn_change_signals(connection: &Connection, gate: Gate) -> zbus::Result<()> {
     let iface = connection.object_server().interface::<_, Dut>(PATH).await?;

@@ -18,8 +18,9 @@ use zbus::object_server::SignalEmitter;
 use zbus::{Connection, ObjectServer, interface};
 use zbus::{OwnedObjectPath, Variant as Value};
 
-use super::access::Gate;
+use super::access::BusGate;
 use super::{Error, PATH};
+use crate::access::{Permit, clip};
 use crate::images::{self, FetchJob, JobState, Progress, Store};
 
 pub const JOB_INTERFACE: &str = "org.rtmd.Dut1.Images.Job";
@@ -50,26 +51,15 @@ impl From<images::Error> for Error {
 
 pub struct ImagesIface {
     store: Store,
-    /// To refuse removing the image it exports.
-    nbd: Option<crate::nbd::Nbd>,
-    /// To refuse removing an image the USB gadget holds.
-    claims: crate::claims::Claims,
-    gate: Gate,
+    gate: BusGate,
     next_job: Arc<AtomicU64>,
     finished: Arc<Mutex<VecDeque<String>>>,
 }
 
 impl ImagesIface {
-    pub fn new(
-        store: Store,
-        nbd: Option<crate::nbd::Nbd>,
-        claims: crate::claims::Claims,
-        gate: Gate,
-    ) -> Self {
+    pub fn new(store: Store, gate: BusGate) -> Self {
         ImagesIface {
             store,
-            nbd,
-            claims,
             gate,
             next_job: Arc::new(AtomicU64::new(1)),
             finished: Arc::new(Mutex::new(VecDeque::new())),
@@ -80,12 +70,13 @@ impl ImagesIface {
 impl ImagesIface {
     async fn start_fetch(
         &self,
+        permit: &Permit,
         source: &str,
         sha256: &str,
         server: &ObjectServer,
         connection: &Connection,
     ) -> Result<OwnedObjectPath, Error> {
-        let job = self.store.fetch(source, Some(sha256))?;
+        let job = self.store.fetch(permit, source, Some(sha256))?;
         let n = self.next_job.fetch_add(1, Ordering::Relaxed);
         let path = format!("{PATH}/Images/Jobs/{n}");
         let object_path = OwnedObjectPath::try_from(path.clone())
@@ -109,30 +100,24 @@ impl ImagesIface {
         ));
         Ok(object_path)
     }
-
-    async fn remove_image(&self, name: &str) -> Result<(), Error> {
-        let (path, normalized) = self.store.resolve(name)?;
-        if let Some((exported, _)) = self.nbd.as_ref().and_then(|n| n.exported())
-            && exported == path
-        {
-            return Err(Error::Busy(format!(
-                "{normalized} is exported over NBD; unexport it first"
-            )));
-        }
-        if self.claims.get(&path).is_some() {
-            return Err(Error::Busy(format!(
-                "{normalized} is attached as USB storage; detach it first (usbg-ms off)"
-            )));
-        }
-        Ok(self.store.remove(name)?)
-    }
 }
 
+gated_interface! {
 #[interface(name = "org.rtmd.Dut1.Images")]
 impl ImagesIface {
+    gated {
+        #[gated("Images.Remove", clip(name, 160))]
+        /// Removes an image (refuses names outside the folder, and an image NBD or the USB
+        /// gadget serves).
+        async fn remove(&self, name: &str) -> Result<(), Error> |permit| {
+            Ok(self.store.remove(&permit, name)?)
+        }
+    }
+
     /// Starts fetching `source` (http://, https://, file:// or an absolute path) into the
     /// folder; `sha256` is the source's checksum ("" fetches without verifying). Returns the
-    /// job at once; bad arguments fail here, before a job exists.
+    /// job at once; bad arguments fail here, before a job exists. (Written out rather than
+    /// in the `gated` block: it also takes the object server.)
     #[zbus(out_args("job"))]
     async fn fetch(
         &self,
@@ -142,19 +127,12 @@ impl ImagesIface {
         #[zbus(connection)] connection: &Connection,
         #[zbus(header)] hdr: Header<'_>,
     ) -> Result<OwnedObjectPath, Error> {
-        let args = format!(
-            "{}, sha256 {}",
-            crate::access::clip(source, 160),
-            crate::access::clip(sha256, 64)
-        );
+        let args = format!("{}, sha256 {}", clip(source, 160), clip(sha256, 64));
         self.gate
-            .run(
-                &hdr,
-                connection,
-                "Images.Fetch",
-                args,
-                self.start_fetch(source, sha256, server, connection),
-            )
+            .run(&hdr, connection, "Images.Fetch", args, |permit| async move {
+                self.start_fetch(&permit, source, sha256, server, connection)
+                    .await
+            })
             .await
     }
 
@@ -167,19 +145,6 @@ impl ImagesIface {
             .into_iter()
             .map(|i| (i.name, i.size, i.allocated, i.sha256, i.source))
             .collect())
-    }
-
-    /// Removes an image (refuses names outside the folder).
-    async fn remove(
-        &self,
-        name: &str,
-        #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
-    ) -> Result<(), Error> {
-        let args = crate::access::clip(name, 160);
-        self.gate
-            .run(&hdr, conn, "Images.Remove", args, self.remove_image(name))
-            .await
     }
 
     /// An image name -> (its absolute path, its normalized name); refuses what lies outside
@@ -204,11 +169,12 @@ impl ImagesIface {
             .unwrap_or_default()
     }
 }
+}
 
 /// One fetch job on the bus.
 pub struct JobIface {
     job: FetchJob,
-    gate: Gate,
+    gate: BusGate,
 }
 
 impl JobIface {
@@ -217,21 +183,17 @@ impl JobIface {
     }
 }
 
+gated_interface! {
 #[interface(name = "org.rtmd.Dut1.Images.Job")]
 impl JobIface {
-    /// Stops the fetch; it finishes as `cancelled` and leaves nothing behind. No effect on
-    /// a finished job.
-    async fn cancel(
-        &self,
-        #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
-    ) -> Result<(), Error> {
-        self.gate
-            .run(&hdr, conn, "Images.Job.Cancel", String::new(), async {
-                self.job.cancel();
-                Ok(())
-            })
-            .await
+    gated {
+        #[gated("Images.Job.Cancel", String::new())]
+        /// Stops the fetch; it finishes as `cancelled` and leaves nothing behind. No effect on
+        /// a finished job.
+        async fn cancel(&self) -> Result<(), Error> |permit| {
+            self.job.cancel(&permit);
+            Ok(())
+        }
     }
 
     /// `running`, `done`, `failed` or `cancelled`.
@@ -299,6 +261,7 @@ impl JobIface {
         image: &str,
         error: &str,
     ) -> zbus::Result<()>;
+}
 }
 
 fn fraction(p: &Progress) -> f64 {

@@ -35,6 +35,66 @@ macro_rules! spawn_status_signals {
     }};
 }
 
+/// Writes the `#[interface]` impl of an interface whose mutating methods all go through the
+/// gate, so none can forget it: each method in the `gated { }` block gets the header and
+/// connection parameters added, and its body runs inside [`BusGate::run`] with the permit
+/// named between the bars. Everything after the block (reading methods, properties) is
+/// passed through as written.
+///
+/// ```ignore
+/// gated_interface! {
+///     #[interface(name = "org.rtmd.Dut1.Power")]
+///     impl PowerIface {
+///         gated {
+///             #[gated("Power.Cycle", format!("{off_ms} ms"))]
+///             /// Off, wait, on.
+///             async fn cycle(&self, off_ms: u32) -> Result<(), Error> |permit| {
+///                 self.cycle_for(&permit, off_ms).await
+///             }
+///         }
+///         #[zbus(property)]
+///         fn state(&self) -> String { ... }
+///     }
+/// }
+/// ```
+///
+/// The result's `Ok` type must not be a tuple (zbus would not see its fields through the
+/// macro): a method with several out arguments is written by hand.
+macro_rules! gated_interface {
+    (
+        #[$($attr:tt)*]
+        impl $iface:ident {
+            gated {
+                $(
+                    #[gated($method:literal, $args:expr)]
+                    $(#[$($m:tt)*])*
+                    async fn $name:ident(&$slf:ident $(, $arg:ident : $argty:ty)* $(,)?)
+                        -> Result<$ok:ty, Error> |$permit:ident| $body:block
+                )*
+            }
+            $($rest:tt)*
+        }
+    ) => {
+        #[$($attr)*]
+        impl $iface {
+            $(
+                $(#[$($m)*])*
+                async fn $name(
+                    &$slf,
+                    $($arg: $argty,)*
+                    #[zbus(header)] hdr: ::zbus::message::Header<'_>,
+                    #[zbus(connection)] conn: &::zbus::Connection,
+                ) -> Result<$ok, Error> {
+                    $slf.gate
+                        .run(&hdr, conn, $method, $args, |$permit| async move $body)
+                        .await
+                }
+            )*
+            $($rest)*
+        }
+    };
+}
+
 pub mod access;
 mod capture;
 mod console;
@@ -50,11 +110,12 @@ use std::time::Duration;
 use zbus::connection::Builder;
 use zbus::{Connection, DBusError};
 
-use crate::console::Console;
-use crate::images::Store;
-use crate::power::{Power, PowerError};
+use crate::board::Board;
+use crate::power::PowerError;
 
-pub use access::Gate;
+/// The gate lives in `access`; re-exported for the callers that build a `Dut` by hand.
+pub use crate::access::Gate;
+pub use access::BusGate;
 pub use dut::Dut;
 
 /// The object path every board serves.
@@ -152,46 +213,29 @@ pub enum ConnectError {
 /// Connects, serves the board's interfaces at [`PATH`] and takes its names. Also owns the
 /// name spelled with the board name verbatim (`-` is valid in bus names), so a systemd
 /// template's `BusName=org.rtmd.Dut1.%i` is exact for every board.
-// One argument per subsystem, as `Board` has them; a struct would only rename the list.
-#[allow(clippy::too_many_arguments)]
-pub async fn serve(
-    bus: &BusChoice,
-    dut: Dut,
-    power: Option<Power>,
-    console: Option<Console>,
-    images: Option<Store>,
-    nbd: Option<crate::nbd::Nbd>,
-    storage: Option<crate::gadget::Storage>,
-    claims: crate::claims::Claims,
-    capture: Option<crate::capture::Capture>,
-    gate: Gate,
-) -> Result<Connection, ConnectError> {
-    let board = dut.name().to_string();
-    let name = bus_name(&board);
-    let verbatim = format!("{INTERFACE}.{board}");
+pub async fn serve(bus: &BusChoice, board: &Board) -> Result<Connection, ConnectError> {
+    let name = bus_name(board.name());
+    let verbatim = format!("{INTERFACE}.{}", board.name());
     let fail = |source| ConnectError::Bus {
         bus: bus.describe(),
         source,
     };
+    let gate = BusGate::new(board.gate.clone());
+    let dut = Dut::new(board.name(), board.subsystems(), board.gate.clone());
     let mut builder = bus.builder().serve_at(PATH, dut);
-    if let Some(p) = &power {
+    if let Some(p) = &board.power {
         builder = builder.serve_at(PATH, power::PowerIface::new(p.clone(), gate.clone()));
     }
-    if let Some(c) = &console {
+    if let Some(c) = &board.console {
         builder = builder.serve_at(PATH, console::ConsoleIface::new(c.clone(), gate.clone()));
     }
-    if let Some(s) = &images {
-        builder = builder.serve_at(
-            PATH,
-            images::ImagesIface::new(s.clone(), nbd.clone(), claims.clone(), gate.clone()),
-        );
-        if let Some(n) = &nbd {
-            builder = builder.serve_at(
-                PATH,
-                nbd::NbdIface::new(n.clone(), s.clone(), claims.clone(), gate.clone()),
-            );
+    if let Some(s) = &board.images {
+        builder = builder.serve_at(PATH, images::ImagesIface::new(s.clone(), gate.clone()));
+        if let Some(n) = &board.nbd {
+            builder =
+                builder.serve_at(PATH, nbd::NbdIface::new(n.clone(), s.clone(), gate.clone()));
         }
-        if let Some(g) = &storage {
+        if let Some(g) = &board.storage {
             builder = builder.serve_at(
                 PATH,
                 storage::StorageIface::new(g.clone(), s.clone(), gate.clone()),
@@ -202,7 +246,7 @@ pub async fn serve(
             }
         }
     }
-    if let Some(c) = &capture {
+    if let Some(c) = &board.capture {
         builder = builder.serve_at(PATH, capture::CaptureIface::new(c.clone(), gate.clone()));
     }
     builder = builder
@@ -215,46 +259,40 @@ pub async fn serve(
     }
     let connection = builder.build().await.map_err(|e| match e {
         zbus::Error::NameTaken => ConnectError::NameTaken {
-            board: board.clone(),
+            board: board.name().to_string(),
             name: name.clone(),
             bus: bus.describe(),
         },
         other => fail(other),
     })?;
-    dut::spawn_change_signals(&connection, gate)
+    spawn_change_signals(&connection, board)
         .await
         .map_err(fail)?;
-    if let Some(p) = power {
-        power::spawn_change_signals(&connection, p)
-            .await
-            .map_err(fail)?;
-    }
-    if let Some(c) = console {
-        console::spawn_change_signals(&connection, c)
-            .await
-            .map_err(fail)?;
-    }
-    if let Some(s) = images {
-        images::spawn_change_signals(&connection, s)
-            .await
-            .map_err(fail)?;
-    }
-    if let Some(n) = nbd {
-        nbd::spawn_change_signals(&connection, n)
-            .await
-            .map_err(fail)?;
-    }
-    if let Some(g) = storage {
-        storage::spawn_change_signals(&connection, g)
-            .await
-            .map_err(fail)?;
-    }
-    if let Some(c) = capture {
-        capture::spawn_change_signals(&connection, c)
-            .await
-            .map_err(fail)?;
-    }
     Ok(connection)
+}
+
+/// Every interface's `PropertiesChanged` sender.
+async fn spawn_change_signals(connection: &Connection, board: &Board) -> zbus::Result<()> {
+    dut::spawn_change_signals(connection, board.gate.clone()).await?;
+    if let Some(p) = &board.power {
+        power::spawn_change_signals(connection, p.clone()).await?;
+    }
+    if let Some(c) = &board.console {
+        console::spawn_change_signals(connection, c.clone()).await?;
+    }
+    if let Some(s) = &board.images {
+        images::spawn_change_signals(connection, s.clone()).await?;
+        if let Some(n) = &board.nbd {
+            nbd::spawn_change_signals(connection, n.clone()).await?;
+        }
+        if let Some(g) = &board.storage {
+            storage::spawn_change_signals(connection, g.clone()).await?;
+        }
+    }
+    if let Some(c) = &board.capture {
+        capture::spawn_change_signals(connection, c.clone()).await?;
+    }
+    Ok(())
 }
 
 /// Longest off time a caller may ask of `Cycle`; beyond that it is a mistake, not a reset.

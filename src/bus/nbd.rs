@@ -1,12 +1,11 @@
 //! `org.rtmd.Dut1.Nbd`: exports an image of the image folder over NBD, `ro` or `cow`, and
 //! resets the overlay. One export at a time; the same export again returns the same URI.
 
-use zbus::message::Header;
 use zbus::{Connection, interface};
 
-use super::access::Gate;
+use super::access::BusGate;
 use super::{Error, PATH};
-use crate::claims::Claims;
+use crate::access::{Permit, clip};
 use crate::images::Store;
 use crate::nbd::{Mode, Nbd, NbdServerError};
 
@@ -23,108 +22,56 @@ impl From<NbdServerError> for Error {
 pub struct NbdIface {
     nbd: Nbd,
     images: Store,
-    /// What the USB gadget holds: an image is never writable there and here at once.
-    claims: Claims,
-    gate: Gate,
+    gate: BusGate,
 }
 
 impl NbdIface {
-    pub fn new(nbd: Nbd, images: Store, claims: Claims, gate: Gate) -> Self {
-        NbdIface {
-            nbd,
-            images,
-            claims,
-            gate,
-        }
+    pub fn new(nbd: Nbd, images: Store, gate: BusGate) -> Self {
+        NbdIface { nbd, images, gate }
     }
-}
 
-impl NbdIface {
-    async fn export_image(&self, image: &str, mode: &str) -> Result<String, Error> {
+    async fn export_image(&self, permit: Permit, image: &str, mode: &str) -> Result<String, Error> {
         let mode = Mode::parse(mode).ok_or_else(|| {
             Error::InvalidArgs(format!("mode {mode:?}: expected \"ro\" or \"cow\""))
         })?;
         let (path, name) = self.images.resolve(image)?;
         let nbd = self.nbd.clone();
-        let claims = self.claims.clone();
-        // Opening a cow overlay reads its map from disk. The claims stay locked from the
-        // check to the export, so the gadget cannot take the image in between.
-        tokio::task::spawn_blocking(move || {
-            let held = claims.lock();
-            if let Some(claim) = held.get(&path)
-                && (claim.writable || mode == Mode::Cow)
-            {
-                return Err(NbdServerError::Busy(format!(
-                    "{name} is attached to the USB gadget{}; detach it first: an image is \
-                     never writable through the gadget and NBD at once",
-                    if claim.writable { " (cow)" } else { "" }
-                )));
-            }
-            nbd.export(&name, &path, mode)
-        })
-        .await
-        .map_err(|e| Error::Hardware(e.to_string()))?
-        .map_err(Error::from)
+        // Opening a cow overlay reads its map from disk.
+        tokio::task::spawn_blocking(move || nbd.export(&permit, &name, &path, mode))
+            .await
+            .map_err(|e| Error::Hardware(e.to_string()))?
+            .map_err(Error::from)
     }
 }
 
+gated_interface! {
 #[interface(name = "org.rtmd.Dut1.Nbd")]
 impl NbdIface {
-    /// Exports `image` (a name in the image folder) with `mode` `ro` or `cow`; returns the
-    /// `nbd://` URI a client connects to.
-    #[zbus(out_args("uri"))]
-    async fn export(
-        &self,
-        image: &str,
-        mode: &str,
-        #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
-    ) -> Result<String, Error> {
-        let args = format!(
-            "{}, {}",
-            crate::access::clip(image, 120),
-            crate::access::clip(mode, 8)
-        );
-        self.gate
-            .run(
-                &hdr,
-                conn,
-                "Nbd.Export",
-                args,
-                self.export_image(image, mode),
-            )
-            .await
-    }
+    gated {
+        #[gated("Nbd.Export", format!("{}, {}", clip(image, 120), clip(mode, 8)))]
+        /// Exports `image` (a name in the image folder) with `mode` `ro` or `cow`; returns the
+        /// `nbd://` URI a client connects to.
+        #[zbus(out_args("uri"))]
+        async fn export(&self, image: &str, mode: &str) -> Result<String, Error> |permit| {
+            self.export_image(permit, image, mode).await
+        }
 
-    /// Withdraws the export, disconnecting its clients; the overlay is kept. Nothing
-    /// exported is not an error (an undo step may run twice).
-    async fn unexport(
-        &self,
-        #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
-    ) -> Result<(), Error> {
-        self.gate
-            .run(&hdr, conn, "Nbd.Unexport", String::new(), async {
-                match self.nbd.unexport().await {
-                    Ok(()) | Err(NbdServerError::NotExported) => Ok(()),
-                    Err(e) => Err(e.into()),
-                }
-            })
-            .await
-    }
+        #[gated("Nbd.Unexport", String::new())]
+        /// Withdraws the export, disconnecting its clients; the overlay is kept. Nothing
+        /// exported is not an error (an undo step may run twice).
+        async fn unexport(&self) -> Result<(), Error> |permit| {
+            match self.nbd.unexport(&permit).await {
+                Ok(()) | Err(NbdServerError::NotExported) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        }
 
-    /// Discards what clients wrote to the current `cow` export: its clients are
-    /// disconnected, and it reads as the pristine image again.
-    async fn reset_overlay(
-        &self,
-        #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
-    ) -> Result<(), Error> {
-        self.gate
-            .run(&hdr, conn, "Nbd.ResetOverlay", String::new(), async {
-                Ok(self.nbd.reset_overlay().await?)
-            })
-            .await
+        #[gated("Nbd.ResetOverlay", String::new())]
+        /// Discards what clients wrote to the current `cow` export: its clients are
+        /// disconnected, and it reads as the pristine image again.
+        async fn reset_overlay(&self) -> Result<(), Error> |permit| {
+            Ok(self.nbd.reset_overlay(&permit).await?)
+        }
     }
 
     #[zbus(property)]
@@ -158,6 +105,7 @@ impl NbdIface {
     fn listen_address(&self) -> String {
         self.nbd.local_addr().to_string()
     }
+}
 }
 
 /// `PropertiesChanged` for every property that changed with the server's status.

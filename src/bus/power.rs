@@ -4,20 +4,20 @@
 
 use std::time::Duration;
 
-use zbus::message::Header;
 use zbus::{Connection, interface};
 
-use super::access::Gate;
+use super::access::BusGate;
 use super::{Error, MAX_CYCLE_OFF, PATH};
+use crate::access::{Permit, clip};
 use crate::power::{Power, PowerStatus};
 
 pub struct PowerIface {
     power: Power,
-    gate: Gate,
+    gate: BusGate,
 }
 
 impl PowerIface {
-    pub fn new(power: Power, gate: Gate) -> Self {
+    pub fn new(power: Power, gate: BusGate) -> Self {
         PowerIface { power, gate }
     }
 
@@ -25,7 +25,7 @@ impl PowerIface {
         self.power.status()
     }
 
-    async fn cycle_for(&self, off_ms: u32) -> Result<(), Error> {
+    async fn cycle_for(&self, permit: &Permit, off_ms: u32) -> Result<(), Error> {
         let off = Duration::from_millis(u64::from(off_ms));
         if off > MAX_CYCLE_OFF {
             return Err(Error::InvalidArgs(format!(
@@ -33,7 +33,9 @@ impl PowerIface {
                 MAX_CYCLE_OFF.as_secs()
             )));
         }
-        self.power.cycle((off_ms > 0).then_some(off)).await?;
+        self.power
+            .cycle(permit, (off_ms > 0).then_some(off))
+            .await?;
         Ok(())
     }
 
@@ -49,106 +51,50 @@ impl PowerIface {
     }
 }
 
+gated_interface! {
 #[interface(name = "org.rtmd.Dut1.Power")]
 impl PowerIface {
-    /// Switches on; returns when the hardware reports on.
-    async fn on(
-        &self,
-        #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
-    ) -> Result<(), Error> {
-        self.gate
-            .run(&hdr, conn, "Power.On", String::new(), async {
-                self.power.on().await?;
-                Ok(())
-            })
-            .await
-    }
+    gated {
+        #[gated("Power.On", String::new())]
+        /// Switches on; returns when the hardware reports on.
+        async fn on(&self) -> Result<(), Error> |permit| {
+            self.power.on(&permit).await?;
+            Ok(())
+        }
 
-    async fn off(
-        &self,
-        #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
-    ) -> Result<(), Error> {
-        self.gate
-            .run(&hdr, conn, "Power.Off", String::new(), async {
-                self.power.off().await?;
-                Ok(())
-            })
-            .await
-    }
+        #[gated("Power.Off", String::new())]
+        async fn off(&self) -> Result<(), Error> |permit| {
+            self.power.off(&permit).await?;
+            Ok(())
+        }
 
-    /// Off, wait `off_ms` (0: the configured `cycle_off_ms`), on.
-    async fn cycle(
-        &self,
-        off_ms: u32,
-        #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
-    ) -> Result<(), Error> {
-        self.gate
-            .run(
-                &hdr,
-                conn,
-                "Power.Cycle",
-                format!("{off_ms} ms"),
-                self.cycle_for(off_ms),
-            )
-            .await
+        #[gated("Power.Cycle", format!("{off_ms} ms"))]
+        /// Off, wait `off_ms` (0: the configured `cycle_off_ms`), on.
+        async fn cycle(&self, off_ms: u32) -> Result<(), Error> |permit| {
+            self.cycle_for(&permit, off_ms).await
+        }
+
+        #[gated("Power.SetVoltage", format!("{volts} V"))]
+        async fn set_voltage(&self, volts: f64) -> Result<(), Error> |permit| {
+            Ok(self.power.set_voltage(&permit, volts).await?)
+        }
+
+        #[gated("Power.SetCurrentLimit", format!("{amps} A"))]
+        async fn set_current_limit(&self, amps: f64) -> Result<(), Error> |permit| {
+            Ok(self.power.set_current_limit(&permit, amps).await?)
+        }
+
+        #[gated("Power.ApplyProfile", clip(name, 64))]
+        #[zbus(out_args("volts"))]
+        async fn apply_profile(&self, name: &str) -> Result<f64, Error> |permit| {
+            Ok(self.power.apply_profile(&permit, name).await?)
+        }
     }
 
     /// Reads the state from the hardware without switching (an extension of the contract).
     #[zbus(out_args("state"))]
     async fn refresh(&self) -> Result<String, Error> {
         Ok(self.power.refresh().await?.as_str().to_string())
-    }
-
-    async fn set_voltage(
-        &self,
-        volts: f64,
-        #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
-    ) -> Result<(), Error> {
-        self.gate
-            .run(
-                &hdr,
-                conn,
-                "Power.SetVoltage",
-                format!("{volts} V"),
-                async { Ok(self.power.set_voltage(volts).await?) },
-            )
-            .await
-    }
-
-    async fn set_current_limit(
-        &self,
-        amps: f64,
-        #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
-    ) -> Result<(), Error> {
-        self.gate
-            .run(
-                &hdr,
-                conn,
-                "Power.SetCurrentLimit",
-                format!("{amps} A"),
-                async { Ok(self.power.set_current_limit(amps).await?) },
-            )
-            .await
-    }
-
-    #[zbus(out_args("volts"))]
-    async fn apply_profile(
-        &self,
-        name: &str,
-        #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
-    ) -> Result<f64, Error> {
-        let args = crate::access::clip(name, 64);
-        self.gate
-            .run(&hdr, conn, "Power.ApplyProfile", args, async {
-                Ok(self.power.apply_profile(name).await?)
-            })
-            .await
     }
 
     #[zbus(property)]
@@ -209,6 +155,7 @@ impl PowerIface {
             .ok_or_else(|| Error::NotConfigured("not a lab supply".to_string()))?;
         Ok(limits.voltage_range)
     }
+}
 }
 
 /// Emits `PropertiesChanged` for every field of the power status that changes, whoever

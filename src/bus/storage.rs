@@ -2,11 +2,11 @@
 //! image folder into the board's USB disk (`ro`, or `cow` on a private copy), `Eject` takes
 //! the medium out without unplugging, `Detach` unplugs the gadget (docs/storage.md).
 
-use zbus::message::Header;
 use zbus::{Connection, interface};
 
-use super::access::Gate;
+use super::access::BusGate;
 use super::{Error, PATH};
+use crate::access::{Permit, clip};
 use crate::gadget::{GadgetError, Mode, Storage};
 use crate::images::Store;
 
@@ -26,11 +26,11 @@ impl From<GadgetError> for Error {
 pub struct StorageIface {
     storage: Storage,
     images: Store,
-    gate: Gate,
+    gate: BusGate,
 }
 
 impl StorageIface {
-    pub fn new(storage: Storage, images: Store, gate: Gate) -> Self {
+    pub fn new(storage: Storage, images: Store, gate: BusGate) -> Self {
         StorageIface {
             storage,
             images,
@@ -38,96 +38,58 @@ impl StorageIface {
         }
     }
 
-    async fn attach_lun(&self, lun: u32, image: &str, mode: &str) -> Result<(), Error> {
+    async fn attach_lun(
+        &self,
+        permit: &Permit,
+        lun: u32,
+        image: &str,
+        mode: &str,
+    ) -> Result<(), Error> {
         let mode = Mode::parse(mode).ok_or_else(|| {
             Error::InvalidArgs(format!("mode {mode:?}: expected \"ro\" or \"cow\""))
         })?;
         let (path, name) = self.images.resolve(image)?;
         Ok(self
             .storage
-            .attach(lun as usize, &name, &path, mode)
+            .attach(permit, lun as usize, &name, &path, mode)
             .await?)
     }
 }
 
+gated_interface! {
 #[interface(name = "org.rtmd.Dut1.Storage")]
 impl StorageIface {
-    /// Attaches `image` (a name in the image folder, or an absolute path inside it) to
-    /// LUN 0, `ro` or `cow`. Something attached already is `Busy`.
-    async fn attach(
-        &self,
-        image: &str,
-        mode: &str,
-        #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
-    ) -> Result<(), Error> {
-        let args = format!(
-            "{}, {}",
-            crate::access::clip(image, 120),
-            crate::access::clip(mode, 8)
-        );
-        self.gate
-            .run(
-                &hdr,
-                conn,
-                "Storage.Attach",
-                args,
-                self.attach_lun(0, image, mode),
-            )
-            .await
-    }
+    gated {
+        #[gated("Storage.Attach", format!("{}, {}", clip(image, 120), clip(mode, 8)))]
+        /// Attaches `image` (a name in the image folder, or an absolute path inside it) to
+        /// LUN 0, `ro` or `cow`. Something attached already is `Busy`.
+        async fn attach(&self, image: &str, mode: &str) -> Result<(), Error> |permit| {
+            self.attach_lun(&permit, 0, image, mode).await
+        }
 
-    /// `Attach` for another LUN (extension; `[storage] luns`).
-    #[zbus(name = "AttachLun")]
-    async fn attach_to_lun(
-        &self,
-        lun: u32,
-        image: &str,
-        mode: &str,
-        #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
-    ) -> Result<(), Error> {
-        let args = format!(
-            "lun {lun}, {}, {}",
-            crate::access::clip(image, 120),
-            crate::access::clip(mode, 8)
-        );
-        self.gate
-            .run(
-                &hdr,
-                conn,
-                "Storage.AttachLun",
-                args,
-                self.attach_lun(lun, image, mode),
-            )
-            .await
-    }
+        #[gated(
+            "Storage.AttachLun",
+            format!("lun {lun}, {}, {}", clip(image, 120), clip(mode, 8))
+        )]
+        /// `Attach` for another LUN (extension; `[storage] luns`).
+        #[zbus(name = "AttachLun")]
+        async fn attach_to_lun(&self, lun: u32, image: &str, mode: &str) -> Result<(), Error>
+            |permit| {
+            self.attach_lun(&permit, lun, image, mode).await
+        }
 
-    /// Unplugs the gadget (mass storage and keyboard); a cow copy is discarded. Nothing
-    /// attached is `NotFound` (rtmctl usbg-ms off takes that as done).
-    async fn detach(
-        &self,
-        #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
-    ) -> Result<(), Error> {
-        self.gate
-            .run(&hdr, conn, "Storage.Detach", String::new(), async {
-                Ok(self.storage.detach().await?)
-            })
-            .await
-    }
+        #[gated("Storage.Detach", String::new())]
+        /// Unplugs the gadget (mass storage and keyboard); a cow copy is discarded. Nothing
+        /// attached is `NotFound` (rtmctl usbg-ms off takes that as done).
+        async fn detach(&self) -> Result<(), Error> |permit| {
+            Ok(self.storage.detach(&permit).await?)
+        }
 
-    /// Takes the medium out of LUN 0 without unplugging: the board sees an empty drive.
-    async fn eject(
-        &self,
-        #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
-    ) -> Result<(), Error> {
-        self.gate
-            .run(&hdr, conn, "Storage.Eject", String::new(), async {
-                Ok(self.storage.eject(0).await?)
-            })
-            .await
+        #[gated("Storage.Eject", String::new())]
+        /// Takes the medium out of LUN 0 without unplugging: the board sees an empty drive.
+        async fn eject(&self) -> Result<(), Error> |permit| {
+            Ok(self.storage.eject(&permit, 0).await?)
+        }
     }
 
     #[zbus(property)]
@@ -151,6 +113,7 @@ impl StorageIface {
     fn udc(&self) -> String {
         self.storage.status().udc
     }
+}
 }
 
 /// `PropertiesChanged` for every property that changed with the gadget's status.

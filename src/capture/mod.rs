@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use gstreamer as gst;
 use tokio::sync::watch;
 
+use crate::access::Permit;
 use crate::config::CaptureConfig;
 pub use record::Kind;
 use record::Recording;
@@ -194,7 +195,7 @@ impl Capture {
     }
 
     /// Saves one frame as a PNG in the capture folder; returns its path.
-    pub fn snapshot(&self) -> Result<PathBuf, CaptureError> {
+    pub fn snapshot(&self, _: &Permit) -> Result<PathBuf, CaptureError> {
         let frame = self.grab()?;
         let path = self.inner.store.new_path("snapshot", "png");
         store::write_png(&path, &frame)?;
@@ -324,7 +325,7 @@ impl Capture {
     }
 
     /// Starts recording `kind` into a new file of the capture folder; returns its path.
-    pub fn start_recording(&self, kind: Kind) -> Result<PathBuf, CaptureError> {
+    pub fn start_recording(&self, _: &Permit, kind: Kind) -> Result<PathBuf, CaptureError> {
         let video = match kind {
             Kind::Video | Kind::Both => Some(self.source(Medium::Video)?.clone()),
             Kind::Audio => None,
@@ -378,7 +379,7 @@ impl Capture {
     }
 
     /// Stops the `kind` recording and waits until its file is finalized; returns its path.
-    pub fn stop_recording(&self, kind: Kind) -> Result<PathBuf, CaptureError> {
+    pub fn stop_recording(&self, _: &Permit, kind: Kind) -> Result<PathBuf, CaptureError> {
         let recording = {
             let recordings = self.recordings();
             match recordings.get(&kind) {

@@ -221,7 +221,7 @@ fn a_source_that_cannot_negotiate_starts_no_recording() {
     })
     .unwrap();
     for _ in 0..5 {
-        match capture.start_recording(Kind::Audio) {
+        match capture.start_recording(&crate::access::Permit::for_tests(), Kind::Audio) {
             Err(CaptureError::Device(e)) => assert!(e.contains("not-negotiated"), "{e}"),
             other => panic!("started: {other:?}"),
         }

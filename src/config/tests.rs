@@ -242,7 +242,11 @@ fn storage_section_is_served_with_defaults() {
     assert_eq!(s.udc.as_deref(), Some("fe980000.usb"));
     assert!(s.keyboard && s.removable && !s.cdrom);
     assert_eq!((s.luns, s.key_delay_ms), (1, 20));
-    assert!(s.configfs.is_none() && s.cow_dir.is_none() && s.inquiry.is_none());
+    assert!(
+        s.configfs == crate::config::ConfigfsChoice::Kernel(None)
+            && s.cow_dir.is_none()
+            && s.inquiry.is_none()
+    );
     assert!(!c.pending_sections.contains(&"storage"));
     let c = parse_str(
         "name = \"b\"\n[images]\ndir = \"/i\"\n[storage]\nluns = 2\ncdrom = true\n\
@@ -255,7 +259,10 @@ fn storage_section_is_served_with_defaults() {
         (s.luns, s.cdrom, s.removable, s.key_delay_ms),
         (2, true, false, 0)
     );
-    assert_eq!(s.configfs.as_deref(), Some(Path::new("/tmp/cfs")));
+    assert_eq!(
+        s.configfs,
+        crate::config::ConfigfsChoice::Folder("/tmp/cfs".into())
+    );
 }
 
 #[test]

@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
+use crate::access::{Caller, Face, Gate, InputSession, Permit, bytes_summary};
 use crate::config::ConsoleConfig;
 use hub::Hub;
 use serial::{Input, Owner};
@@ -59,6 +60,8 @@ pub struct Console {
     /// The addresses actually bound (port 0 in the config picks a free one).
     tcp: Option<std::net::SocketAddr>,
     tcp_raw: Option<std::net::SocketAddr>,
+    /// Every client's typing passes it: the front ends here are faces too.
+    gate: Gate,
 }
 
 /// Longest a `WaitFor` may wait: a mistake beyond that, not a boot.
@@ -70,8 +73,10 @@ const WAIT_WINDOW: usize = 64 * 1024;
 
 impl Console {
     /// Opens the log, binds the front ends (failing if one cannot be bound: a port taken by
-    /// another program is a start-up error), and spawns the serial owner.
-    pub async fn start(config: &ConsoleConfig) -> Result<Console, ConsoleError> {
+    /// another program is a start-up error), and spawns the serial owner. What clients of
+    /// the front ends type passes `gate` (as `tcp_identity` on the TCP ports, as the peer's
+    /// uid on the unix socket).
+    pub async fn start(config: &ConsoleConfig, gate: Gate) -> Result<Console, ConsoleError> {
         let hub = Hub::new(config.client_buffer, config.input);
         let (input_tx, input_rx) = mpsc::channel(64);
         let (status_tx, status) = watch::channel(ConsoleStatus::default());
@@ -125,6 +130,7 @@ impl Console {
             log_path,
             tcp: tcp.as_ref().and_then(|l| l.local_addr().ok()),
             tcp_raw: tcp_raw.as_ref().and_then(|l| l.local_addr().ok()),
+            gate,
         };
         if let Some(l) = tcp {
             tokio::spawn(accept_tcp(l, console.clone(), true));
@@ -180,7 +186,7 @@ impl Console {
     }
 
     /// Sends bytes to the board.
-    pub async fn send(&self, data: Bytes) -> Result<(), ConsoleError> {
+    pub async fn send(&self, _: &Permit, data: Bytes) -> Result<(), ConsoleError> {
         if !self.status.borrow().connected {
             return Err(ConsoleError::NotConnected(self.device()));
         }
@@ -190,12 +196,12 @@ impl Console {
             .map_err(|_| ConsoleError::Hardware("the console task has stopped".to_string()))
     }
 
-    pub async fn send_break(&self) -> Result<(), ConsoleError> {
+    pub async fn send_break(&self, permit: &Permit) -> Result<(), ConsoleError> {
         let (tx, rx) = oneshot::channel();
         let gone = || ConsoleError::Hardware("the console task has stopped".to_string());
         self.input
             .send(Input::Break {
-                from: "D-Bus SendBreak".to_string(),
+                from: format!("SendBreak by {}", permit.caller()),
                 reply: tx,
             })
             .await
@@ -244,16 +250,21 @@ impl Console {
         }
     }
 
-    /// A socket that is a raw console client, for a caller that gets it over D-Bus.
-    pub fn attach(&self) -> std::io::Result<StdUnixStream> {
+    /// A socket that is a raw console client, for a caller that gets it over D-Bus; what
+    /// is typed into it passes the gate as the caller who attached it.
+    pub fn attach(&self, permit: &Permit) -> std::io::Result<StdUnixStream> {
         let (ours, theirs) = StdUnixStream::pair()?;
         ours.set_nonblocking(true)?;
         let stream = tokio::net::UnixStream::from_std(ours)?;
+        let session = self
+            .gate
+            .input_session(permit.caller().clone(), "Console.Input");
         tokio::spawn(serve_client(
             stream,
             self.clone(),
             false,
             "D-Bus Attach".to_string(),
+            session,
         ));
         Ok(theirs)
     }
@@ -264,11 +275,19 @@ async fn accept_tcp(listener: TcpListener, console: Console, telnet: bool) {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
+                // TCP carries no identity: the port acts as the admin configured.
+                let caller = Caller::configured(
+                    &console.config.tcp_identity,
+                    Face::Console,
+                    format!("{} {peer}", if telnet { "telnet" } else { "tcp" }),
+                );
+                let session = console.gate.input_session(caller, "Console.Input");
                 tokio::spawn(serve_client(
                     stream,
                     console.clone(),
                     telnet,
                     peer.to_string(),
+                    session,
                 ));
             }
             Err(e) => {
@@ -283,11 +302,29 @@ async fn accept_unix(listener: UnixListener, console: Console) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
+                // The kernel says who connected; a peer it cannot name types as nobody's.
+                let caller = match stream.peer_cred() {
+                    Ok(cred) => Caller::uid(
+                        cred.uid(),
+                        Face::Console,
+                        format!(
+                            "unix socket, pid {}",
+                            cred.pid().map_or("?".to_string(), |p| p.to_string())
+                        ),
+                    ),
+                    Err(e) => Caller::configured(
+                        &crate::access::Identity::Label(format!("unknown peer: {e}")),
+                        Face::Console,
+                        "unix socket",
+                    ),
+                };
+                let session = console.gate.input_session(caller, "Console.Input");
                 tokio::spawn(serve_client(
                     stream,
                     console.clone(),
                     false,
                     "unix socket".to_string(),
+                    session,
                 ));
             }
             Err(e) => {
@@ -298,9 +335,16 @@ async fn accept_unix(listener: UnixListener, console: Console) {
     }
 }
 
-/// One client: board output to it, its input to the board, until either side ends.
-async fn serve_client<S>(stream: S, console: Console, telnet: bool, label: String)
-where
+/// One client: board output to it, its input to the board, until either side ends. Each
+/// chunk of input passes `session` (the lease); refused input is dropped, and the client is
+/// told once per refusal, in plain text on its output.
+async fn serve_client<S>(
+    stream: S,
+    console: Console,
+    telnet: bool,
+    label: String,
+    mut session: InputSession,
+) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (mut reader, mut writer) = tokio::io::split(stream);
@@ -354,6 +398,7 @@ where
     };
     let from_client = async {
         let mut decoder = telnet::Decoder::new();
+        let mut refused = false;
         let mut buf = vec![0u8; 4096];
         loop {
             let n = match reader.read(&mut buf).await {
@@ -361,9 +406,11 @@ where
                 Ok(n) => n,
             };
             if !telnet {
+                let data = buf.get(..n).unwrap_or_default();
                 if hub.may_write(id_may_write)
+                    && admitted(&mut session, &mut refused, data, &reply_tx)
                     && input
-                        .send(Input::Data(Bytes::copy_from_slice(&buf[..n])))
+                        .send(Input::Data(Bytes::copy_from_slice(data)))
                         .await
                         .is_err()
                 {
@@ -371,14 +418,25 @@ where
                 }
                 continue;
             }
-            let mut decoded = decoder.decode(&buf[..n]);
+            let mut decoded = decoder.decode(buf.get(..n).unwrap_or_default());
             if !decoded.reply.is_empty() {
                 let _ = reply_tx.send(std::mem::take(&mut decoded.reply));
             }
             if !hub.may_write(id_may_write) {
                 continue;
             }
-            for step in decoded.input() {
+            let steps = decoded.input();
+            let typed: Vec<u8> = steps
+                .iter()
+                .flat_map(|s| match s {
+                    telnet::ToBoard::Data(d) => d.to_vec(),
+                    telnet::ToBoard::Break => b"<BREAK>".to_vec(),
+                })
+                .collect();
+            if steps.is_empty() || !admitted(&mut session, &mut refused, &typed, &reply_tx) {
+                continue;
+            }
+            for step in steps {
                 let sent = match step {
                     telnet::ToBoard::Data(data) => {
                         input.send(Input::Data(Bytes::copy_from_slice(data))).await
@@ -386,7 +444,7 @@ where
                     telnet::ToBoard::Break => {
                         // The reply is not awaited: a telnet client gets no answer to BREAK.
                         let (tx, _rx) = oneshot::channel();
-                        let from = format!("telnet BREAK from {label}");
+                        let from = format!("telnet BREAK from {}", session.caller());
                         input.send(Input::Break { from, reply: tx }).await
                     }
                 };
@@ -403,4 +461,27 @@ where
         _ = from_client => {},
     }
     info!(subsystem = "console", "console client {label} disconnected");
+}
+
+/// Whether `session` admits this chunk of a client's input; the first refusal after input
+/// was admitted (or at first) is told to the client, so a typist is not left guessing.
+fn admitted(
+    session: &mut InputSession,
+    refused: &mut bool,
+    data: &[u8],
+    tell: &mpsc::UnboundedSender<Vec<u8>>,
+) -> bool {
+    match session.admit(|| bytes_summary(data)) {
+        Ok(_permit) => {
+            *refused = false;
+            true
+        }
+        Err(e) => {
+            if !*refused {
+                *refused = true;
+                let _ = tell.send(format!("\r\n[rtmd: input not sent: {e}]\r\n").into_bytes());
+            }
+            false
+        }
+    }
 }

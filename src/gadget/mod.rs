@@ -21,20 +21,30 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::warn;
 
-use crate::claims::Claims;
-use crate::nbd::Nbd;
+use crate::access::Permit;
+use crate::config::ConfigfsChoice;
+use crate::images::{Claim, Claims, User};
 
 pub use configfs::Configfs;
 pub use storage::Owner;
 
-/// The configfs to drive: the kernel's, unless `[storage] configfs` names a plain folder
-/// (tests, demo); a folder that is the kernel's configfs mount is driven as the kernel's.
-pub fn host_for(configfs: Option<&Path>) -> Box<dyn Configfs> {
-    match configfs {
-        Some(dir) if real::configfs_mount().as_deref() != Some(dir) => {
-            Box::new(fake::FolderConfigfs::new(dir))
-        }
-        _ => Box::new(real::KernelConfigfs::new()),
+/// The configfs to drive, as `[storage]` chose it: the kernel's (`configfs`, or nothing
+/// said), or a folder laid out like it (`fake_configfs`: tests, demo). Never guessed from a
+/// path: a `configfs` that is not where the kernel's is mounted is an error, not a folder.
+pub fn host_for(choice: &ConfigfsChoice) -> Result<Box<dyn Configfs>, GadgetError> {
+    match choice {
+        ConfigfsChoice::Folder(dir) => Ok(Box::new(fake::FolderConfigfs::new(dir))),
+        ConfigfsChoice::Kernel(Some(dir)) => match real::configfs_mount() {
+            Some(mount) if mount != *dir => Err(GadgetError::NotConfigured(format!(
+                "configfs = {:?}, but the kernel's configfs is mounted at {} (a folder laid \
+                 out like configfs, for tests, is `fake_configfs`)",
+                dir.display().to_string(),
+                mount.display()
+            ))),
+            // Mounted there, or not mounted yet: an attach says so then.
+            _ => Ok(Box::new(real::KernelConfigfs::new())),
+        },
+        ConfigfsChoice::Kernel(None) => Ok(Box::new(real::KernelConfigfs::new())),
     }
 }
 
@@ -116,8 +126,8 @@ pub(crate) enum Request {
 pub struct Storage {
     requests: mpsc::Sender<Request>,
     status: watch::Receiver<Status>,
+    /// The image folder's claims: the one-writer rule, shared with NBD and removal.
     claims: Claims,
-    nbd: Option<Nbd>,
     keyboard: bool,
     luns: usize,
     cdrom: bool,
@@ -130,7 +140,6 @@ impl Storage {
         options: StorageOptions,
         host: Box<dyn Configfs>,
         claims: Claims,
-        nbd: Option<Nbd>,
     ) -> Result<Storage, GadgetError> {
         let (requests, rx) = mpsc::channel(8);
         let (status_tx, status) = watch::channel(Status::default());
@@ -146,7 +155,6 @@ impl Storage {
             requests,
             status,
             claims,
-            nbd,
             keyboard,
             luns,
             cdrom,
@@ -182,6 +190,7 @@ impl Storage {
     /// Puts `path` (resolved inside the image folder, named `name`) into LUN `lun`.
     pub async fn attach(
         &self,
+        _: &Permit,
         lun: usize,
         name: &str,
         path: &Path,
@@ -200,30 +209,14 @@ impl Storage {
                 "the LUNs are CD-ROMs (cdrom = true), which are read-only: use mode ro".to_string(),
             ));
         }
-        let fresh = {
-            let mut claims = self.claims.lock();
-            if let Some(nbd) = &self.nbd
-                && let Some((exported, nbd_mode)) = nbd.exported()
-                && exported == path
-                && (writable || nbd_mode == crate::nbd::Mode::Cow)
-            {
-                return Err(GadgetError::Busy(format!(
-                    "{name} is exported over NBD ({}); unexport it first: an image is never \
-                     writable through the gadget and NBD at once",
-                    nbd_mode.as_str()
-                )));
-            }
-            if let Some(claim) = claims.get(path)
-                && (claim.writable || writable)
-            {
-                return Err(GadgetError::Busy(format!(
-                    "{name} is attached already; detach it first"
-                )));
-            }
-            claims
-                .insert(path.to_path_buf(), crate::claims::Claim { writable })
-                .is_none()
+        let claim = Claim {
+            user: User::Usb,
+            writable,
         };
+        // Taken before the owner attaches: NBD cannot take the image in between.
+        self.claims
+            .take(path, claim)
+            .map_err(|c| GadgetError::Busy(c.explain(name)))?;
         let result = self
             .ask(|reply| Request::Attach {
                 lun,
@@ -233,25 +226,29 @@ impl Storage {
                 reply,
             })
             .await;
-        if result.is_err() && fresh {
+        if result.is_err() {
             // The owner releases what it attached; this releases what it never got.
-            self.claims.release(path);
+            self.claims.release(path, claim);
         }
         result
     }
 
     /// Takes the medium out of LUN `lun` without unbinding (the board sees an empty drive).
-    pub async fn eject(&self, lun: usize) -> Result<(), GadgetError> {
+    pub async fn eject(&self, _: &Permit, lun: usize) -> Result<(), GadgetError> {
         self.ask(|reply| Request::Eject { lun, reply }).await
     }
 
     /// Removes the gadget: the board sees the USB device unplugged.
-    pub async fn detach(&self) -> Result<(), GadgetError> {
+    pub async fn detach(&self, _: &Permit) -> Result<(), GadgetError> {
+        self.unplug().await
+    }
+
+    async fn unplug(&self) -> Result<(), GadgetError> {
         self.ask(|reply| Request::Detach { reply }).await
     }
 
     /// Types `text` on the US layout.
-    pub async fn type_text(&self, text: &str) -> Result<(), GadgetError> {
+    pub async fn type_text(&self, _: &Permit, text: &str) -> Result<(), GadgetError> {
         self.check_keyboard()?;
         let reports =
             keyboard::type_reports(text).map_err(|e| GadgetError::InvalidArgs(e.to_string()))?;
@@ -259,7 +256,7 @@ impl Storage {
     }
 
     /// Presses the chord `keys` (`["ctrl", "alt", "delete"]`) and releases it.
-    pub async fn press(&self, keys: &[String]) -> Result<(), GadgetError> {
+    pub async fn press(&self, _: &Permit, keys: &[String]) -> Result<(), GadgetError> {
         self.check_keyboard()?;
         let reports =
             keyboard::chord_reports(keys).map_err(|e| GadgetError::InvalidArgs(e.to_string()))?;
@@ -278,7 +275,7 @@ impl Storage {
 
     /// Removes the gadget and the cow copies (daemon stop). Nothing attached is fine.
     pub async fn stop(&self) {
-        match self.detach().await {
+        match self.unplug().await {
             Ok(()) | Err(GadgetError::NotFound(_)) => {}
             Err(e) => warn!(subsystem = "storage", "stopping: {e}"),
         }

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use super::configfs::{Configfs, GadgetSpec, LunSpec};
 use super::{GadgetError, Mode, Request, Status, StorageOptions, cow, keyboard};
-use crate::claims::Claims;
+use crate::images::{Claim, Claims, User};
 
 /// How long one report may wait for the board to read the previous one (or, right after
 /// the gadget appeared, for the board to configure it).
@@ -317,7 +317,7 @@ impl Owner {
         Ok(())
     }
 
-    /// Deletes a cow copy, and releases the image unless another LUN holds it.
+    /// Deletes a cow copy, and gives back this LUN's claim on the image.
     fn forget(&self, medium: &Medium) {
         if medium.mode == Mode::Cow
             && let Err(e) = std::fs::remove_file(&medium.file)
@@ -328,9 +328,13 @@ impl Owner {
                 medium.file.display()
             );
         }
-        if !self.media.iter().flatten().any(|m| m.base == medium.base) {
-            self.claims.release(&medium.base);
-        }
+        self.claims.release(
+            &medium.base,
+            Claim {
+                user: User::Usb,
+                writable: medium.mode == Mode::Cow,
+            },
+        );
     }
 
     pub fn keys(&mut self, reports: &[keyboard::Report]) -> Result<(), GadgetError> {

@@ -105,7 +105,7 @@ fn rig(udcs: &[&str], tweak: impl FnOnce(&mut StorageOptions)) -> Rig {
     let owner = Owner::new(
         options,
         Box::new(FolderConfigfs::new(&root)),
-        crate::claims::Claims::new(),
+        crate::images::Claims::new(),
         status,
     );
     Rig {

@@ -114,7 +114,7 @@ impl FetchJob {
 
     /// Asks the job to stop; it finishes as `Cancelled` (unless it already finished) and
     /// leaves nothing behind.
-    pub fn cancel(&self) {
+    pub fn cancel(&self, _: &crate::access::Permit) {
         self.cancel.store(true, Ordering::SeqCst);
     }
 

@@ -13,6 +13,7 @@
 //! reach that state.
 
 mod cache;
+pub mod claims;
 mod decode;
 mod fetch;
 mod source;
@@ -25,7 +26,9 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::access::Permit;
 use crate::config::ImagesConfig;
+pub use claims::{Claim, Claims, User};
 
 pub use fetch::{FetchJob, JobState, Progress};
 
@@ -152,6 +155,9 @@ struct Inner {
     changes: watch::Sender<u64>,
     /// Cancel flags of running fetches, for [`Store::cancel_all`].
     running: Mutex<Vec<std::sync::Weak<std::sync::atomic::AtomicBool>>>,
+    /// Which images NBD and the USB gadget serve: the one-writer rule, and no removal of an
+    /// image in use.
+    claims: Claims,
 }
 
 impl Store {
@@ -196,8 +202,14 @@ impl Store {
                 active: Mutex::new(HashSet::new()),
                 changes: watch::Sender::new(0),
                 running: Mutex::new(Vec::new()),
+                claims: Claims::new(),
             }),
         })
+    }
+
+    /// Who uses which image: NBD and the USB gadget take their claims here.
+    pub fn claims(&self) -> &Claims {
+        &self.inner.claims
     }
 
     /// The folder (canonical).
@@ -309,22 +321,24 @@ impl Store {
     }
 
     /// Removes an image (a symlink inside the folder is removed itself, not its target).
-    /// Refuses whatever [`Store::resolve`] refuses. An NBD export that has the image open
-    /// keeps reading its open file.
-    pub fn remove(&self, name: &str) -> Result<(), Error> {
+    /// Refuses whatever [`Store::resolve`] refuses, and an image NBD or the USB gadget
+    /// serves (decided under the claims' lock, so neither can take it meanwhile).
+    pub fn remove(&self, _: &Permit, name: &str) -> Result<(), Error> {
         let relative = self.relative_name(name)?;
-        self.resolve(name)?;
-        if self
-            .inner
-            .active
-            .lock()
-            .is_ok_and(|a| a.contains(&relative))
-        {
+        let (canonical, normalized) = self.resolve(name)?;
+        self.inner
+            .claims
+            .unclaimed(&canonical, || self.remove_unclaimed(&relative))
+            .map_err(|c| Error::Busy(c.explain(&normalized)))?
+    }
+
+    fn remove_unclaimed(&self, relative: &str) -> Result<(), Error> {
+        if self.inner.active.lock().is_ok_and(|a| a.contains(relative)) {
             return Err(Error::Busy(format!("{relative} is being fetched")));
         }
-        let path = self.inner.dir.join(&relative);
-        std::fs::remove_file(&path).map_err(|e| Error::io(&relative, &e))?;
-        cache::forget_name(&self.inner.state, &relative);
+        let path = self.inner.dir.join(relative);
+        std::fs::remove_file(&path).map_err(|e| Error::io(relative, &e))?;
+        cache::forget_name(&self.inner.state, relative);
         info!(subsystem = "images", "removed {relative}");
         self.changed();
         Ok(())
@@ -334,7 +348,7 @@ impl Store {
     /// an error before any job exists), then runs the fetch on its own threads. `sha256` is
     /// the checksum of the source as published (the compressed file); empty or `None`
     /// fetches without verifying.
-    pub fn fetch(&self, source: &str, sha256: Option<&str>) -> Result<FetchJob, Error> {
+    pub fn fetch(&self, _: &Permit, source: &str, sha256: Option<&str>) -> Result<FetchJob, Error> {
         fetch::start(self, source, sha256)
     }
 

@@ -132,9 +132,13 @@ fn resolve_stays_inside_the_folder() {
     assert!(matches!(s.resolve("missing.img"), Err(Error::NotFound(_))));
 
     // A symlink inside is removed itself, not its target.
-    s.remove("latest.img").unwrap();
+    s.remove(&crate::access::Permit::for_tests(), "latest.img")
+        .unwrap();
     assert!(s.dir().join("nightly/rpi4.img").exists());
-    assert!(matches!(s.remove("out.img"), Err(Error::Outside(_))));
+    assert!(matches!(
+        s.remove(&crate::access::Permit::for_tests(), "out.img"),
+        Err(Error::Outside(_))
+    ));
     assert!(tmp.path().join("outside.img").exists());
     let names: Vec<String> = s.list().unwrap().into_iter().map(|i| i.name).collect();
     assert_eq!(names, ["nightly/rpi4.img"]);
@@ -174,13 +178,27 @@ fn a_gzip_file_through_the_pipeline_then_from_the_cache() {
     enc.write_all(&raw).unwrap();
     std::fs::write(&src, enc.finish().unwrap()).unwrap();
 
-    let p = finish(s.fetch(src.to_str().unwrap(), None).unwrap());
+    let p = finish(
+        s.fetch(
+            &crate::access::Permit::for_tests(),
+            src.to_str().unwrap(),
+            None,
+        )
+        .unwrap(),
+    );
     assert_eq!(p.state, JobState::Done, "{p:?}");
     assert_eq!(p.image.as_deref(), Some("pipe.img"));
     assert_eq!(p.done, std::fs::metadata(&src).unwrap().len());
     assert_eq!(std::fs::read(s.dir().join("pipe.img")).unwrap(), raw);
     let sha = p.sha256.unwrap();
-    let again = finish(s.fetch(src.to_str().unwrap(), Some(&sha)).unwrap());
+    let again = finish(
+        s.fetch(
+            &crate::access::Permit::for_tests(),
+            src.to_str().unwrap(),
+            Some(&sha),
+        )
+        .unwrap(),
+    );
     assert!(again.cached && again.state == JobState::Done);
     let list = s.list().unwrap();
     assert_eq!(list[0].sha256, sha);
@@ -190,7 +208,14 @@ fn a_gzip_file_through_the_pipeline_then_from_the_cache() {
     bytes.extend(b"garbage");
     let bad = tmp.path().join("trailing.img.gz");
     std::fs::write(&bad, bytes).unwrap();
-    let p = finish(s.fetch(bad.to_str().unwrap(), None).unwrap());
+    let p = finish(
+        s.fetch(
+            &crate::access::Permit::for_tests(),
+            bad.to_str().unwrap(),
+            None,
+        )
+        .unwrap(),
+    );
     assert_eq!(p.state, JobState::Failed, "{p:?}");
     assert_eq!(p.error_kind, Some("corrupt"));
     assert!(!s.dir().join("trailing.img").exists());

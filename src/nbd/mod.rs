@@ -24,6 +24,9 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::access::Permit;
+use crate::images::{Claim, Claims, User};
+
 pub use export::{Export, Mode};
 use server::{Host, Slot};
 
@@ -36,6 +39,9 @@ pub struct NbdOptions {
     pub uri_host: Option<String>,
     /// Overlays of `cow` exports: `<overlay_dir>/<image>.cow` and `.cow.map`.
     pub overlay_dir: PathBuf,
+    /// The image folder's claims: an export takes one (the one-writer rule, shared with the
+    /// USB gadget and image removal) and gives it back when withdrawn.
+    pub claims: Claims,
 }
 
 /// What the D-Bus properties show.
@@ -174,17 +180,35 @@ impl Nbd {
         self.inner.status.subscribe()
     }
 
-    /// The file exported and how, for subsystems that must not open it writable meanwhile.
-    pub fn exported(&self) -> Option<(PathBuf, Mode)> {
-        self.inner
-            .current()
-            .map(|s| (s.export.path.clone(), s.export.mode))
-    }
-
     /// Exports `path` (already resolved inside the image folder) under `name`. The same
     /// image and mode again returns the same URI; anything else while an export is active
-    /// is `Busy`.
-    pub fn export(&self, name: &str, path: &Path, mode: Mode) -> Result<String, NbdServerError> {
+    /// is `Busy`, and so is an image the USB gadget uses against the one-writer rule.
+    /// Opening a `cow` overlay reads its map: call it from a blocking thread.
+    pub fn export(
+        &self,
+        _: &Permit,
+        name: &str,
+        path: &Path,
+        mode: Mode,
+    ) -> Result<String, NbdServerError> {
+        let claim = claim_of(mode);
+        let claims = &self.inner.options.claims;
+        let fresh = claims
+            .take(path, claim)
+            .map_err(|c| NbdServerError::Busy(c.explain(name)))?;
+        let exported = self.export_claimed(name, path, mode);
+        if exported.is_err() && fresh {
+            claims.release(path, claim);
+        }
+        exported
+    }
+
+    fn export_claimed(
+        &self,
+        name: &str,
+        path: &Path,
+        mode: Mode,
+    ) -> Result<String, NbdServerError> {
         let mut slot = self
             .inner
             .slot
@@ -224,9 +248,10 @@ impl Nbd {
     }
 
     /// Withdraws the export: its clients are disconnected, its overlay flushed (and kept).
-    pub async fn unexport(&self) -> Result<(), NbdServerError> {
+    pub async fn unexport(&self, _: &Permit) -> Result<(), NbdServerError> {
         let slot = self.inner.take().ok_or(NbdServerError::NotExported)?;
         slot.withdraw().await;
+        self.release_claim(&slot);
         self.inner.publish();
         let flushed = flush_in_background(&slot).await;
         info!(
@@ -239,7 +264,7 @@ impl Nbd {
     /// Discards what was written to the overlay of the current `cow` export. Connected
     /// clients are disconnected first (their view of the disk is about to change under
     /// them); the export stays.
-    pub async fn reset_overlay(&self) -> Result<(), NbdServerError> {
+    pub async fn reset_overlay(&self, _: &Permit) -> Result<(), NbdServerError> {
         let old = self.inner.current().ok_or(NbdServerError::NotExported)?;
         if old.export.overlay().is_none() {
             return Err(NbdServerError::Busy(format!(
@@ -272,11 +297,19 @@ impl Nbd {
     pub async fn stop(&self) {
         if let Some(slot) = self.inner.take() {
             slot.withdraw().await;
+            self.release_claim(&slot);
             if let Err(e) = flush_in_background(&slot).await {
                 warn!(subsystem = "nbd", "{e}");
             }
         }
         self.inner.publish();
+    }
+
+    fn release_claim(&self, slot: &Slot) {
+        self.inner
+            .options
+            .claims
+            .release(&slot.export.path, claim_of(slot.export.mode));
     }
 
     fn overlay_path(&self, name: &str) -> PathBuf {
@@ -292,6 +325,14 @@ async fn flush_in_background(slot: &Slot) -> Result<(), NbdServerError> {
         .await
         .map_err(|e| NbdServerError::Io(e.to_string()))?
         .map_err(|e| NbdServerError::Io(e.message))
+}
+
+/// The claim an export of `mode` takes on its image.
+fn claim_of(mode: Mode) -> Claim {
+    Claim {
+        user: User::Nbd,
+        writable: mode == Mode::Cow,
+    }
 }
 
 /// `nbd://host:port/name`, the form qemu, nbdinfo and nbdcopy take.

@@ -6,6 +6,7 @@ fn uris_escape_names_and_bracket_ipv6() {
         listen: "127.0.0.1:10809".parse().unwrap(),
         uri_host: None,
         overlay_dir: PathBuf::from("/tmp"),
+        claims: crate::images::Claims::new(),
     };
     assert_eq!(
         uri(&o, o.listen, "nightly/rpi 4.img"),
@@ -43,9 +44,17 @@ fn nbdinfo_sees_an_export() {
         listen: "127.0.0.1:0".parse().unwrap(),
         uri_host: None,
         overlay_dir: dir.path().join("overlays"),
+        claims: crate::images::Claims::new(),
     })
     .unwrap();
-    let uri = nbd.export("a.img", &image, Mode::Ro).unwrap();
+    let uri = nbd
+        .export(
+            &crate::access::Permit::for_tests(),
+            "a.img",
+            &image,
+            Mode::Ro,
+        )
+        .unwrap();
     let out = std::process::Command::new("nbdinfo")
         .arg(&uri)
         .output()

@@ -22,6 +22,7 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
+use crate::access::Permit;
 use crate::config::{BackendConfig, PowerConfig, SupplyConfig};
 
 /// The state of the board's power as the hardware last confirmed it.
@@ -291,16 +292,22 @@ impl Power {
         self.status.clone()
     }
 
-    pub async fn on(&self) -> Result<PowerState, PowerError> {
+    /// Switching and setpoints take the gate's [`Permit`]: only a call the gate admitted
+    /// reaches the hardware.
+    pub async fn on(&self, _: &Permit) -> Result<PowerState, PowerError> {
         self.ask(|r| Request::Switch(true, r)).await?
     }
 
-    pub async fn off(&self) -> Result<PowerState, PowerError> {
+    pub async fn off(&self, _: &Permit) -> Result<PowerState, PowerError> {
         self.ask(|r| Request::Switch(false, r)).await?
     }
 
     /// Off, wait, on, whatever the state before (LAVA's hard reset). `None`: `cycle_off_ms`.
-    pub async fn cycle(&self, off_time: Option<Duration>) -> Result<PowerState, PowerError> {
+    pub async fn cycle(
+        &self,
+        _: &Permit,
+        off_time: Option<Duration>,
+    ) -> Result<PowerState, PowerError> {
         let off_time = off_time.unwrap_or(self.cycle_off);
         self.ask(|r| Request::Cycle(off_time, r)).await?
     }
@@ -316,18 +323,18 @@ impl Power {
         self.ask(|r| Request::Refresh(false, r)).await?
     }
 
-    pub async fn set_voltage(&self, volts: f64) -> Result<(), PowerError> {
+    pub async fn set_voltage(&self, _: &Permit, volts: f64) -> Result<(), PowerError> {
         let volts = self.supply_limits()?.check_voltage(volts)?;
         self.ask(|r| Request::SetVoltage(volts, r)).await?
     }
 
-    pub async fn set_current_limit(&self, amps: f64) -> Result<(), PowerError> {
+    pub async fn set_current_limit(&self, _: &Permit, amps: f64) -> Result<(), PowerError> {
         let amps = self.supply_limits()?.check_current(amps)?;
         self.ask(|r| Request::SetCurrentLimit(amps, r)).await?
     }
 
     /// Sets the voltage of a named profile (e.g. `low` to test brown-out behaviour).
-    pub async fn apply_profile(&self, name: &str) -> Result<f64, PowerError> {
+    pub async fn apply_profile(&self, _: &Permit, name: &str) -> Result<f64, PowerError> {
         let limits = self.supply_limits()?;
         let volts = limits.check_voltage(limits.profile(name)?)?;
         self.ask(|r| Request::SetVoltage(volts, r)).await??;

@@ -9,6 +9,12 @@
 //! new state, and a request for another PDU or port is refused with a reason (HTTP 404) instead
 //! of a bare 500.
 //!
+//! A face like D-Bus, a sibling of `bus/` over the board's parts: every request passes the
+//! board's gate. pdudaemon's protocols carry no identity, so requests act as the
+//! `[pdudaemon_api] identity` the admin configured (a label by default, which holds no lease:
+//! while anyone holds the board, switching through here is refused with HTTP 403 or `nack`),
+//! and each is audited as `Power.On`/`Off`/`Cycle` via `pdudaemon-api`.
+//!
 //! The HTTP side is written by hand for the same reason as the pdudaemon backend: one
 //! request line in, one short answer out.
 
@@ -19,6 +25,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, warn};
 
+use crate::access::{AccessError, Caller, Face, FaceError, Gate};
+use crate::board::Board;
 use crate::config::PduApiConfig;
 use crate::power::Power;
 
@@ -32,7 +40,24 @@ pub enum Command {
 }
 
 /// Why a request is refused: (HTTP status, reason).
-pub type Refusal = (u16, String);
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal(pub u16, pub String);
+
+impl From<AccessError> for Refusal {
+    fn from(e: AccessError) -> Self {
+        match e {
+            AccessError::Leased(_) => Refusal(403, format!("refused: the board is {e}")),
+            other => Refusal(403, other.to_string()),
+        }
+    }
+}
+
+impl FaceError for Refusal {
+    fn audit_summary(&self) -> String {
+        let Refusal(code, reason) = self;
+        format!("HTTP {code}: {reason}")
+    }
+}
 
 /// Longest request head we read; pdudaemon requests are one short line.
 const MAX_HEAD: usize = 8192;
@@ -45,9 +70,9 @@ fn parse_command(word: &str, delay: Option<&str>) -> Result<Command, Refusal> {
         Some(d) => {
             let secs: f64 = d
                 .parse()
-                .map_err(|_| (400, format!("bad delay {d:?}: expected seconds")))?;
+                .map_err(|_| Refusal(400, format!("bad delay {d:?}: expected seconds")))?;
             if !(secs.is_finite() && secs >= 0.0 && secs <= MAX_DELAY.as_secs_f64()) {
-                return Err((
+                return Err(Refusal(
                     400,
                     format!("delay {d} is outside 0..{} s", MAX_DELAY.as_secs()),
                 ));
@@ -59,7 +84,7 @@ fn parse_command(word: &str, delay: Option<&str>) -> Result<Command, Refusal> {
         "on" => Ok(Command::On),
         "off" => Ok(Command::Off),
         "reboot" => Ok(Command::Reboot(delay)),
-        other => Err((
+        other => Err(Refusal(
             400,
             format!("unknown command {other:?}: expected on, off or reboot"),
         )),
@@ -72,13 +97,13 @@ fn check_target(
     hostname: Option<&str>,
     port: Option<&str>,
 ) -> Result<(), Refusal> {
-    let hostname = hostname.ok_or((400, "missing hostname".to_string()))?;
-    let port = port.ok_or((400, "missing port".to_string()))?;
+    let hostname = hostname.ok_or(Refusal(400, "missing hostname".to_string()))?;
+    let port = port.ok_or(Refusal(400, "missing port".to_string()))?;
     let port: u16 = port
         .parse()
-        .map_err(|_| (400, format!("bad port {port:?}: expected a number")))?;
+        .map_err(|_| Refusal(400, format!("bad port {port:?}: expected a number")))?;
     if hostname != config.hostname || port != config.port {
-        return Err((
+        return Err(Refusal(
             404,
             format!(
                 "no PDU {hostname} port {port} here: this rtmd serves {} port {} only",
@@ -95,17 +120,20 @@ pub fn parse_http(config: &PduApiConfig, head: &str) -> Result<Command, Refusal>
     let mut parts = line.split(' ');
     let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
     else {
-        return Err((400, "malformed request line".to_string()));
+        return Err(Refusal(400, "malformed request line".to_string()));
     };
     if !version.starts_with("HTTP/1.") {
-        return Err((400, "malformed request line".to_string()));
+        return Err(Refusal(400, "malformed request line".to_string()));
     }
     if method != "GET" {
-        return Err((405, format!("method {method} not allowed: use GET")));
+        return Err(Refusal(
+            405,
+            format!("method {method} not allowed: use GET"),
+        ));
     }
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let Some(word) = path.strip_prefix("/power/control/") else {
-        return Err((
+        return Err(Refusal(
             404,
             format!("no such path {path:?}: expected /power/control/on|off|reboot"),
         ));
@@ -129,7 +157,7 @@ pub fn parse_http(config: &PduApiConfig, head: &str) -> Result<Command, Refusal>
         return if alias == config.hostname {
             parse_command(word, get("delay"))
         } else {
-            Err((
+            Err(Refusal(
                 404,
                 format!(
                     "no alias {alias} here: this rtmd serves {} only",
@@ -146,7 +174,10 @@ pub fn parse_http(config: &PduApiConfig, head: &str) -> Result<Command, Refusal>
 pub fn parse_line(config: &PduApiConfig, line: &str) -> Result<Command, Refusal> {
     let fields: Vec<&str> = line.split_whitespace().collect();
     if !(3..=4).contains(&fields.len()) {
-        return Err((400, "expected: PDU PORT on|off|reboot [DELAY]".to_string()));
+        return Err(Refusal(
+            400,
+            "expected: PDU PORT on|off|reboot [DELAY]".to_string(),
+        ));
     }
     check_target(config, Some(fields[0]), Some(fields[1]))?;
     parse_command(fields[2], fields.get(3).copied())
@@ -183,6 +214,7 @@ fn http_response(code: u16, body: &str) -> String {
     let reason = match code {
         200 => "OK",
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         502 => "Bad Gateway",
@@ -195,20 +227,51 @@ fn http_response(code: u16, body: &str) -> String {
     )
 }
 
-/// Runs a command on the board's power; the answer text for success or the refusal.
-async fn execute(power: &Power, command: Command) -> Result<(), Refusal> {
-    let result = match command {
-        Command::On => power.on().await,
-        Command::Off => power.off().await,
-        Command::Reboot(delay) => power.cycle(delay).await,
+/// Runs a command on the board's power through the gate.
+async fn execute(
+    power: &Power,
+    gate: &Gate,
+    caller: &Caller,
+    command: Command,
+) -> Result<(), Refusal> {
+    let (method, args) = match command {
+        Command::On => ("Power.On", String::new()),
+        Command::Off => ("Power.Off", String::new()),
+        Command::Reboot(None) => ("Power.Cycle", "reboot".to_string()),
+        Command::Reboot(Some(d)) => ("Power.Cycle", format!("reboot, {} ms", d.as_millis())),
     };
-    result
-        .map(|_| ())
-        .map_err(|e| (502, format!("power failed: {e}")))
+    gate.run(caller, method, args, |permit| async move {
+        let result = match command {
+            Command::On => power.on(&permit).await,
+            Command::Off => power.off(&permit).await,
+            Command::Reboot(delay) => power.cycle(&permit, delay).await,
+        };
+        result
+            .map(|_| ())
+            .map_err(|e| Refusal(502, format!("power failed: {e}")))
+    })
+    .await
+}
+
+/// The face's share of the board: the power it switches, the gate, who it acts as.
+#[derive(Clone)]
+struct PduFace {
+    config: PduApiConfig,
+    power: Power,
+    gate: Gate,
 }
 
 /// Binds the configured listeners (a taken port is a start-up error) and serves them.
-pub async fn start(config: &PduApiConfig, power: Power) -> Result<(), String> {
+/// Nothing to do for a board without `[pdudaemon_api]` (or without power).
+pub async fn start(board: &Board) -> Result<(), String> {
+    let (Some(config), Some(power)) = (&board.config.pdudaemon_api, &board.power) else {
+        return Ok(());
+    };
+    let face = PduFace {
+        config: config.clone(),
+        power: power.clone(),
+        gate: board.gate.clone(),
+    };
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
@@ -216,23 +279,29 @@ pub async fn start(config: &PduApiConfig, power: Power) -> Result<(), String> {
     };
     if let Some(addr) = config.http {
         let listener = bind(addr).await?;
-        tokio::spawn(accept(listener, config.clone(), power.clone(), true));
+        tokio::spawn(accept(listener, face.clone(), true));
     }
     if let Some(addr) = config.tcp {
         let listener = bind(addr).await?;
-        tokio::spawn(accept(listener, config.clone(), power, false));
+        tokio::spawn(accept(listener, face, false));
     }
     Ok(())
 }
 
-async fn accept(listener: TcpListener, config: PduApiConfig, power: Power, http: bool) {
+async fn accept(listener: TcpListener, face: PduFace, http: bool) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                let (config, power) = (config.clone(), power.clone());
+                let face = face.clone();
                 tokio::spawn(async move {
+                    // No credentials on this face: requests act as the configured identity.
+                    let caller = Caller::configured(
+                        &face.config.identity,
+                        Face::PduApi,
+                        format!("{} {peer}", if http { "http" } else { "tcp" }),
+                    );
                     // A client that never finishes its request must not hold a task forever.
-                    let serve = serve(stream, &config, &power, http);
+                    let serve = serve(stream, &face, &caller, http);
                     if tokio::time::timeout(Duration::from_secs(900), serve)
                         .await
                         .is_err()
@@ -252,7 +321,8 @@ async fn accept(listener: TcpListener, config: PduApiConfig, power: Power, http:
     }
 }
 
-async fn serve(mut stream: TcpStream, config: &PduApiConfig, power: &Power, http: bool) {
+async fn serve(mut stream: TcpStream, face: &PduFace, caller: &Caller, http: bool) {
+    let config = &face.config;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 1024];
     let read = tokio::time::timeout(Duration::from_secs(10), async {
@@ -282,16 +352,19 @@ async fn serve(mut stream: TcpStream, config: &PduApiConfig, power: &Power, http
     };
     let outcome = match parsed {
         Ok(command) => {
-            info!(subsystem = "pdu-api", "pdudaemon request: {command:?}");
-            execute(power, command).await
+            info!(
+                subsystem = "pdu-api",
+                "pdudaemon request: {command:?} from {caller}"
+            );
+            execute(&face.power, &face.gate, caller, command).await
         }
         Err(refusal) => Err(refusal),
     };
     let answer = match (&outcome, http) {
         (Ok(()), true) => http_response(200, "OK - accepted request"),
-        (Err((code, reason)), true) => http_response(*code, reason),
+        (Err(Refusal(code, reason)), true) => http_response(*code, reason),
         (Ok(()), false) => "ack\n".to_string(),
-        (Err((_, reason)), false) => {
+        (Err(Refusal(_, reason)), false) => {
             warn!(subsystem = "pdu-api", "refused: {reason}");
             "nack\n".to_string()
         }
@@ -310,6 +383,7 @@ mod tests {
             tcp: None,
             hostname: "rpi4-01".into(),
             port: 1,
+            identity: crate::access::Identity::Label("pdudaemon-api".into()),
         }
     }
 

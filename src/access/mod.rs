@@ -10,12 +10,19 @@
 //!
 //! The audit history is a ring of at most `audit_entries` records whose strings are cut to
 //! fixed lengths, so its memory has a fixed bound ([`AuditEntry::MAX_BYTES`] each).
+//!
+//! [`Gate`] (gate.rs) is the one door of every face: it names the caller, checks the lease,
+//! hands out the [`Permit`] that every mutating call of a subsystem requires, and writes the
+//! audit record, the same for D-Bus, the pdudaemon API and the console's ports.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, watch};
+
+mod gate;
+pub use gate::{Caller, Face, FaceError, Gate, InputSession, Permit, bytes_summary};
 
 /// What happens to the board's power when a lease ends or expires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -439,21 +446,38 @@ pub struct AuditEntry {
     pub method: &'static str,
     /// A summary of the arguments, at most [`AuditEntry::MAX_TEXT`] bytes.
     pub args: String,
+    /// The face and the peer the call came through (`D-Bus :1.42`, `pdudaemon-api http
+    /// 127.0.0.1:50312`), with a label identity's name; at most [`AuditEntry::MAX_TEXT`] bytes.
+    pub via: String,
     /// `ok`, or the error's name and message, at most [`AuditEntry::MAX_TEXT`] bytes.
     pub result: String,
 }
 
 impl AuditEntry {
+    /// The arguments as the D-Bus `Audit` method gives them: with the way in appended for
+    /// a call that did not come over D-Bus (`reboot [via pdudaemon-api "pdu" http ...]`), so
+    /// the record's shape stays the contract's six fields.
+    pub fn args_with_via(&self) -> String {
+        if self.via.is_empty() || self.via.starts_with(Face::Bus.as_str()) {
+            self.args.clone()
+        } else if self.args.is_empty() {
+            format!("[via {}]", self.via)
+        } else {
+            format!("{} [via {}]", self.args, self.via)
+        }
+    }
+
     /// Longest `holder`, `args` and `result`, in bytes (their allocations are exact).
     pub const MAX_TEXT: usize = 256;
-    /// The most one record can take: the struct and its three strings at their longest.
-    pub const MAX_BYTES: usize = std::mem::size_of::<AuditEntry>() + 3 * AuditEntry::MAX_TEXT;
+    /// The most one record can take: the struct and its four strings at their longest.
+    pub const MAX_BYTES: usize = std::mem::size_of::<AuditEntry>() + 4 * AuditEntry::MAX_TEXT;
 
     pub fn new(
         uid: Option<u32>,
         holder: &str,
         method: &'static str,
         args: &str,
+        via: &str,
         result: &str,
     ) -> AuditEntry {
         AuditEntry {
@@ -462,6 +486,7 @@ impl AuditEntry {
             holder: clip(holder, Self::MAX_TEXT),
             method,
             args: clip(args, Self::MAX_TEXT),
+            via: clip(via, Self::MAX_TEXT),
             result: clip(result, Self::MAX_TEXT),
         }
     }

@@ -343,7 +343,7 @@ fn an_image_is_never_writable_through_the_gadget_and_nbd_at_once() {
         &["nbd", "export", "disk.img", "--cow"][..],
     ] {
         let line = err_line(&r.d.rtmctl(args), 1);
-        assert!(line.contains("attached to the USB gadget"), "{line}");
+        assert!(line.contains("attached as USB storage (cow)"), "{line}");
     }
     ok_line(&r.d.rtmctl(&["usbg-ms", "off"]));
 

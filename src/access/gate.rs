@@ -290,11 +290,11 @@ impl Gate {
             audit_args = %entry.args,
             audit_via = %entry.via,
             audit_result = %entry.result,
-            "{method}({}) by {} via {}: {}",
+            "{method}({}) by {}: {} (via {})",
             entry.args,
             uid.map_or_else(|| "no uid".to_string(), |u| format!("uid {u}")),
-            entry.via,
-            entry.result
+            entry.result,
+            entry.via
         );
         self.access.record(entry);
     }

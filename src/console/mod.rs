@@ -201,7 +201,7 @@ impl Console {
         let gone = || ConsoleError::Hardware("the console task has stopped".to_string());
         self.input
             .send(Input::Break {
-                from: format!("SendBreak by {}", permit.caller()),
+                from: format!("{} SendBreak", permit.caller().face().as_str()),
                 reply: tx,
             })
             .await
@@ -444,7 +444,7 @@ async fn serve_client<S>(
                     telnet::ToBoard::Break => {
                         // The reply is not awaited: a telnet client gets no answer to BREAK.
                         let (tx, _rx) = oneshot::channel();
-                        let from = format!("telnet BREAK from {}", session.caller());
+                        let from = format!("telnet BREAK from {label}");
                         input.send(Input::Break { from, reply: tx }).await
                     }
                 };

@@ -88,6 +88,98 @@ fn key_of_another_backend_is_named() {
 }
 
 #[test]
+fn key_of_another_backend_is_located_at_the_key_and_names_its_backends() {
+    let e = err(&DPM.replace("protocol = \"modbus\"\n", "outlet = 1\n"));
+    assert_eq!((e.line, e.column), (5, 1));
+    assert_eq!(
+        e.message,
+        "key `outlet` does not apply to power backend `dpm86xx` (only to egpms, pdudaemon)"
+    );
+    let e = err(&DPM.replace("backend = \"dpm86xx\"", "backend = \"riden\""));
+    assert_eq!((e.line, e.column), (5, 1));
+    assert_eq!(
+        e.message,
+        "key `protocol` does not apply to power backend `riden` (only to dpm86xx)"
+    );
+    // In an inline table and with dotted keys, too.
+    let e = err(
+        "name = \"b\"\npower = { backend = \"command\", on_command = \"a\", off_command = \"b\", \
+         poll_ms = 5 }\n",
+    );
+    assert_eq!((e.line, e.column), (2, 69));
+    assert!(e.message.contains("(only to dpm86xx, riden)"), "{e}");
+    let e = err(
+        "name = \"b\"\npower.backend = \"command\"\npower.on_command = \"a\"\n\
+         power.off_command = \"b\"\npower.host = \"h\"\n",
+    );
+    assert_eq!((e.line, e.column), (5, 7));
+}
+
+#[test]
+fn unknown_power_key_lists_only_the_backends_keys() {
+    let e = err(
+        "name = \"b\"\n[power]\nbackend = \"command\"\non_command = \"a\"\noff_command = \"b\"\n  colour = 1\n",
+    );
+    assert_eq!((e.line, e.column), (6, 3));
+    assert_eq!(
+        e.message,
+        "unknown field `colour` for power backend `command`, expected one of `backend`, \
+         `cycle_off_ms`, `on_stop`, `timeout_ms`, `retries`, `retry_backoff_ms`, `on_command`, \
+         `off_command`, `status_command`"
+    );
+}
+
+#[test]
+fn power_section_shape_and_types_are_located() {
+    let e = err("name = \"b\"\npower = 3\n");
+    assert_eq!((e.line, e.column), (2, 9));
+    assert!(e.message.contains("must be a table"), "{e}");
+    let e = err("name = \"b\"\n[power]\nhost = \"h\"\n");
+    assert_eq!((e.line, e.column), (2, 1));
+    assert!(e.message.contains("missing field `backend`"), "{e}");
+    let e = err("name = \"b\"\n[power]\nbackend = 3\n");
+    assert_eq!((e.line, e.column), (3, 11));
+    // A common key's type, and a backend key's.
+    let e = err("name = \"b\"\n[power]\nbackend = \"command\"\ntimeout_ms = \"x\"\n");
+    assert_eq!((e.line, e.column), (4, 14));
+    assert!(e.message.contains("expected u32"), "{e}");
+    let e = err(&DPM.replace("high = 5.6", "high = \"x\""));
+    assert_eq!((e.line, e.column), (9, 47));
+    assert!(e.message.contains("expected f64"), "{e}");
+    // Top-level keys still name `power` among the expected ones.
+    let e = err("name = \"b\"\npowr = 1\n");
+    assert!(e.message.contains("`power`"), "{e}");
+}
+
+#[test]
+fn every_backend_validates_and_is_named_as_configured() {
+    let boards = [
+        ("egpms", "host = \"h\"\noutlet = 1\n"),
+        (
+            "dpm86xx",
+            "device = \"/d\"\nvoltage = 5.0\ncurrent_limit = 1.0\nvoltage_range = [4.0, 6.0]\n",
+        ),
+        (
+            "riden",
+            "device = \"/d\"\nvoltage = 5.0\ncurrent_limit = 1.0\nvoltage_range = [4.0, 6.0]\npoll_ms = 300\n",
+        ),
+        ("pdudaemon", "pdu = \"p\"\noutlet = 7\n"),
+        ("command", "on_command = \"a\"\noff_command = \"b\"\n"),
+    ];
+    for (backend, keys) in boards {
+        let c = parse_str(&format!(
+            "name = \"b\"\n[power]\nbackend = \"{backend}\"\nretries = 3\n{keys}"
+        ))
+        .unwrap_or_else(|e| panic!("{backend}: {e}"));
+        let p = c.power.unwrap();
+        assert_eq!(p.backend.name(), backend);
+        assert_eq!(p.retries, 3);
+        let poll = if backend == "riden" { 300 } else { 1000 };
+        assert_eq!(p.poll_interval, Duration::from_millis(poll), "{backend}");
+    }
+}
+
+#[test]
 fn outlet_out_of_range() {
     let e = err("name = \"b\"\n[power]\nbackend = \"egpms\"\nhost = \"h\"\noutlet = 5\n");
     assert_eq!((e.line, e.column), (5, 10));

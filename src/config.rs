@@ -19,7 +19,7 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::DeTable;
 
-pub use crate::access::{AccessConfig, OnRelease};
+pub use crate::access::{AccessConfig, Identity, OnRelease};
 pub use power::DEFAULT_CREDENTIAL;
 
 mod power;
@@ -192,6 +192,9 @@ pub struct ConsoleConfig {
     pub input: ConsoleInput,
     /// Output a client may have queued before it is disconnected as too slow.
     pub client_buffer: usize,
+    /// Who the telnet and raw TCP listeners act as when their clients type (`tcp_identity`;
+    /// default: the label `console-tcp`).
+    pub tcp_identity: Identity,
 }
 
 /// The `[images]` section: the one image folder (`docs/images.md`).
@@ -269,6 +272,8 @@ pub struct PduApiConfig {
     pub hostname: String,
     /// The PDU port requests must give (`port=`).
     pub port: u16,
+    /// Who its requests act as (`identity`; default: the label `pdudaemon-api`).
+    pub identity: Identity,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -353,6 +358,7 @@ struct RawConsole {
     log_keep: S<u32>,
     input: S<String>,
     client_buffer_kib: S<u32>,
+    tcp_identity: S<String>,
 }
 
 #[derive(Deserialize)]
@@ -362,6 +368,7 @@ struct RawPduApi {
     listen_tcp: S<String>,
     hostname: S<String>,
     port: S<u16>,
+    identity: S<String>,
 }
 
 #[derive(Deserialize)]
@@ -523,6 +530,7 @@ fn validate(
                     .as_ref()
                     .map_or_else(|| raw.name.get_ref().clone(), |h| h.get_ref().clone()),
                 port: api.port.as_ref().map_or(1, |p| *p.get_ref()),
+                identity: identity(cx, &api.identity, "identity", "pdudaemon-api")?,
             })
         }
         None => None,
@@ -912,7 +920,54 @@ fn validate_console(cx: &Cx<'_>, c: &RawConsole) -> Result<ConsoleConfig, Config
             &[("all", ConsoleInput::All), ("first", ConsoleInput::First)],
         )?,
         client_buffer: client_kib as usize * 1024,
+        tcp_identity: identity(cx, &c.tcp_identity, "tcp_identity", "console-tcp")?,
     })
+}
+
+/// Who a face without credentials acts as: `uid:N`, `user:NAME` (that local user's uid) or a
+/// label for the audit trail, 1 to 64 characters from `A-Z a-z 0-9 . _ @ -`.
+fn identity(cx: &Cx<'_>, v: &S<String>, key: &str, default: &str) -> Result<Identity, ConfigError> {
+    let Some(v) = v else {
+        return Ok(Identity::Label(default.to_string()));
+    };
+    let text = v.get_ref();
+    if let Some(number) = text.strip_prefix("uid:") {
+        // Digits only (`u32::from_str` would take `+5`); `(uid_t)-1` is no user.
+        return match number.parse::<u32>() {
+            Ok(uid) if number.bytes().all(|b| b.is_ascii_digit()) && uid != u32::MAX => {
+                Ok(Identity::Uid(uid))
+            }
+            _ => Err(cx.at(
+                v,
+                format!("invalid {key} {text:?}: `uid:` takes a user id, 0 to 4294967294"),
+            )),
+        };
+    }
+    if let Some(name) = text.strip_prefix("user:") {
+        return match nix::unistd::User::from_name(name) {
+            Ok(Some(user)) => Ok(Identity::Uid(user.uid.as_raw())),
+            Ok(None) => Err(cx.at(
+                v,
+                format!("invalid {key} {text:?}: there is no local user {name:?}"),
+            )),
+            Err(e) => Err(cx.at(
+                v,
+                format!("invalid {key} {text:?}: cannot look up the user {name:?}: {e}"),
+            )),
+        };
+    }
+    let label_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-');
+    if (1..=64).contains(&text.chars().count()) && text.chars().all(label_char) {
+        Ok(Identity::Label(text.clone()))
+    } else {
+        Err(cx.at(
+            v,
+            format!(
+                "invalid {key} {text:?}: expected `uid:N`, `user:NAME` or a label of 1 to 64 \
+                 characters from A-Z a-z 0-9 . _ @ -"
+            ),
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -310,6 +310,7 @@ mod tests {
             tcp: None,
             hostname: "rpi4-01".into(),
             port: 1,
+            identity: crate::access::Identity::Label("pdudaemon-api".into()),
         }
     }
 

@@ -458,3 +458,96 @@ fn a_listener_given_as_a_port_alone_is_on_loopback() {
     assert_eq!((e.line, e.column), (4, 7));
     assert!(e.message.contains("expected a port (on loopback)"), "{e}");
 }
+
+#[test]
+fn identities_default_to_their_faces_labels() {
+    let c = parse_str(
+        "name = \"b\"\n[power]\nbackend = \"command\"\non_command = \"a\"\noff_command = \"b\"\n\
+         [pdudaemon_api]\nlisten = \"16421\"\n[console]\ndevice = \"/dev/ttyUSB0\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.pdudaemon_api.unwrap().identity,
+        Identity::Label("pdudaemon-api".into())
+    );
+    assert_eq!(
+        c.console.unwrap().tcp_identity,
+        Identity::Label("console-tcp".into())
+    );
+}
+
+/// `[pdudaemon_api] identity` (line 8) given as `api`, `[console] tcp_identity` (line 11)
+/// as `console`.
+fn identities(api: &str, console: &str) -> Result<(Identity, Identity), ConfigError> {
+    let c = parse_str(&format!(
+        "name = \"b\"\n[power]\nbackend = \"command\"\non_command = \"a\"\noff_command = \"b\"\n\
+         [pdudaemon_api]\nlisten = \"16421\"\nidentity = {api:?}\n\
+         [console]\ndevice = \"/dev/ttyUSB0\"\ntcp_identity = {console:?}\n"
+    ))?;
+    Ok((
+        c.pdudaemon_api.unwrap().identity,
+        c.console.unwrap().tcp_identity,
+    ))
+}
+
+#[test]
+fn identities_take_a_uid_a_user_or_a_label() {
+    for (value, expected) in [
+        ("uid:1000", Identity::Uid(1000)),
+        ("uid:0", Identity::Uid(0)),
+        ("uid:4294967294", Identity::Uid(4_294_967_294)),
+        ("user:root", Identity::Uid(0)),
+        (
+            "lava-worker@lab1",
+            Identity::Label("lava-worker@lab1".into()),
+        ),
+        ("A.b_c-9", Identity::Label("A.b_c-9".into())),
+        (&"x".repeat(64), Identity::Label("x".repeat(64))),
+    ] {
+        let (api, console) = identities(value, value).unwrap_or_else(|e| panic!("{value}: {e}"));
+        assert_eq!(api, expected, "{value}");
+        assert_eq!(console, expected, "{value}");
+    }
+}
+
+#[test]
+fn bad_identities_are_located_at_the_value() {
+    let bad: [(&str, &str); 12] = [
+        ("uid:", "`uid:` takes a user id"),
+        ("uid:x", "`uid:` takes a user id"),
+        ("uid:+5", "`uid:` takes a user id"),
+        ("uid:-1", "`uid:` takes a user id"),
+        ("uid:4294967295", "`uid:` takes a user id"),
+        ("uid:4294967296", "`uid:` takes a user id"),
+        (
+            "user:rtmd-no-such-user",
+            "there is no local user \"rtmd-no-such-user\"",
+        ),
+        ("user:", "there is no local user \"\""),
+        ("", "a label of 1 to 64 characters"),
+        ("lab worker", "a label of 1 to 64 characters"),
+        ("lab/worker", "a label of 1 to 64 characters"),
+        ("wörker", "a label of 1 to 64 characters"),
+    ];
+    let long = "x".repeat(65);
+    for (value, message) in bad.into_iter().chain([(long.as_str(), "1 to 64")]) {
+        let e = identities(value, "ok").unwrap_err();
+        assert_eq!((e.line, e.column), (8, 12), "{value}: {e}");
+        assert!(e.message.contains(message), "{value}: {e}");
+        assert!(
+            e.message
+                .starts_with(&format!("invalid identity {value:?}: ")),
+            "{value}: {e}"
+        );
+        let e = identities("ok", value).unwrap_err();
+        assert_eq!((e.line, e.column), (11, 16), "{value}: {e}");
+        assert!(e.message.contains(message), "{value}: {e}");
+        assert!(
+            e.message
+                .starts_with(&format!("invalid tcp_identity {value:?}: ")),
+            "{value}: {e}"
+        );
+    }
+    let e = err("name = \"b\"\n[console]\ndevice = \"/dev/ttyUSB0\"\ntcp_identity = 5\n");
+    assert_eq!((e.line, e.column), (4, 16));
+}

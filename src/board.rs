@@ -89,7 +89,7 @@ impl Board {
                             .clone()
                             .unwrap_or_else(|| store.dir().join(".rtmd/gadget").join(&config.name)),
                     },
-                    crate::gadget::host_for(c.configfs.as_deref()),
+                    crate::gadget::host_for(c.configfs.folder()),
                     claims.clone(),
                     nbd.clone(),
                 )

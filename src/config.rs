@@ -236,10 +236,31 @@ pub struct StorageConfig {
     pub inquiry: Option<String>,
     /// Between two keyboard reports.
     pub key_delay_ms: u64,
-    /// A folder laid out like configfs instead of the kernel's (tests, demo).
-    pub configfs: Option<PathBuf>,
+    /// The kernel's configfs, or a folder laid out like it (`configfs`, `fake_configfs`).
+    pub configfs: ConfigfsChoice,
     /// Where `cow` copies live (default: `<images dir>/.rtmd/gadget/<board>`).
     pub cow_dir: Option<PathBuf>,
+}
+
+/// Which configfs the gadget drives: chosen explicitly, so that a mistyped path can never
+/// turn a real board's gadget into a folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigfsChoice {
+    /// The kernel's configfs, mounted at the path (`configfs = "PATH"`), or where
+    /// `/proc/mounts` says when `None` (neither key given).
+    Kernel(Option<PathBuf>),
+    /// A folder laid out like configfs (`fake_configfs = "PATH"`): tests, the demo.
+    Folder(PathBuf),
+}
+
+impl ConfigfsChoice {
+    /// The folder double's path, when that is the choice.
+    pub fn folder(&self) -> Option<&Path> {
+        match self {
+            ConfigfsChoice::Folder(dir) => Some(dir),
+            ConfigfsChoice::Kernel(_) => None,
+        }
+    }
 }
 
 /// `[capture]`: HDMI and audio capture (docs/capture.md).
@@ -397,6 +418,7 @@ struct RawStorage {
     inquiry: S<String>,
     key_delay_ms: S<i64>,
     configfs: S<String>,
+    fake_configfs: S<String>,
     cow_dir: S<String>,
 }
 
@@ -816,12 +838,29 @@ fn validate_storage(cx: &Cx<'_>, s: &RawStorage) -> Result<StorageConfig, Config
         Some(v) => *v.get_ref() as u64,
         None => 20,
     };
-    let absolute = |v: &S<String>, key: &str| match v {
-        Some(d) if !Path::new(d.get_ref()).is_absolute() => {
+    let absolute = |d: &Spanned<String>, key: &str| {
+        if Path::new(d.get_ref()).is_absolute() {
+            Ok(PathBuf::from(d.get_ref()))
+        } else {
             Err(cx.at(d, format!("`{key}` must be an absolute path")))
         }
-        Some(d) => Ok(Some(PathBuf::from(d.get_ref()))),
-        None => Ok(None),
+    };
+    let configfs = match (&s.configfs, &s.fake_configfs) {
+        (Some(kernel), Some(fake)) => {
+            let second = if kernel.span().start > fake.span().start {
+                kernel
+            } else {
+                fake
+            };
+            return Err(cx.at(
+                second,
+                "give only one of `configfs` (the kernel's configfs, mounted there) and \
+                 `fake_configfs` (a folder laid out like configfs, for tests)",
+            ));
+        }
+        (None, Some(fake)) => ConfigfsChoice::Folder(absolute(fake, "fake_configfs")?),
+        (Some(kernel), None) => ConfigfsChoice::Kernel(Some(absolute(kernel, "configfs")?)),
+        (None, None) => ConfigfsChoice::Kernel(None),
     };
     Ok(StorageConfig {
         udc,
@@ -831,8 +870,11 @@ fn validate_storage(cx: &Cx<'_>, s: &RawStorage) -> Result<StorageConfig, Config
         removable: s.removable.as_ref().is_none_or(|v| *v.get_ref()),
         inquiry,
         key_delay_ms,
-        configfs: absolute(&s.configfs, "configfs")?,
-        cow_dir: absolute(&s.cow_dir, "cow_dir")?,
+        configfs,
+        cow_dir: match &s.cow_dir {
+            Some(d) => Some(absolute(d, "cow_dir")?),
+            None => None,
+        },
     })
 }
 

@@ -334,7 +334,8 @@ fn storage_section_is_served_with_defaults() {
     assert_eq!(s.udc.as_deref(), Some("fe980000.usb"));
     assert!(s.keyboard && s.removable && !s.cdrom);
     assert_eq!((s.luns, s.key_delay_ms), (1, 20));
-    assert!(s.configfs.is_none() && s.cow_dir.is_none() && s.inquiry.is_none());
+    assert_eq!(s.configfs, ConfigfsChoice::Kernel(None));
+    assert!(s.cow_dir.is_none() && s.inquiry.is_none());
     assert!(!c.pending_sections.contains(&"storage"));
     let c = parse_str(
         "name = \"b\"\n[images]\ndir = \"/i\"\n[storage]\nluns = 2\ncdrom = true\n\
@@ -347,7 +348,41 @@ fn storage_section_is_served_with_defaults() {
         (s.luns, s.cdrom, s.removable, s.key_delay_ms),
         (2, true, false, 0)
     );
-    assert_eq!(s.configfs.as_deref(), Some(Path::new("/tmp/cfs")));
+    assert_eq!(s.configfs, ConfigfsChoice::Kernel(Some("/tmp/cfs".into())));
+    assert_eq!(s.configfs.folder(), None);
+}
+
+#[test]
+fn the_configfs_folder_double_is_chosen_explicitly() {
+    let head = "name = \"b\"\n[images]\ndir = \"/i\"\n[storage]\n";
+    let c = parse_str(&format!("{head}fake_configfs = \"/tmp/cfs\"\n")).unwrap();
+    let s = c.storage.unwrap();
+    assert_eq!(s.configfs, ConfigfsChoice::Folder("/tmp/cfs".into()));
+    assert_eq!(s.configfs.folder(), Some(Path::new("/tmp/cfs")));
+    // The kernel's mount point stays the kernel's, whatever the path.
+    let c = parse_str(&format!("{head}configfs = \"/sys/kernel/config\"\n")).unwrap();
+    assert_eq!(
+        c.storage.unwrap().configfs,
+        ConfigfsChoice::Kernel(Some("/sys/kernel/config".into()))
+    );
+
+    let e = err(&format!("{head}fake_configfs = \"relative\"\n"));
+    assert_eq!((e.line, e.column), (5, 17));
+    assert_eq!(e.message, "`fake_configfs` must be an absolute path");
+    let e = err(&format!("{head}fake_configfs = 3\n"));
+    assert_eq!((e.line, e.column), (5, 17));
+    // Both: the error is at the second one, whichever it is.
+    let e = err(&format!(
+        "{head}configfs = \"/sys/kernel/config\"\nkeyboard = true\nfake_configfs = \"/tmp/cfs\"\n"
+    ));
+    assert_eq!((e.line, e.column), (7, 17));
+    assert!(e.message.contains("give only one of `configfs`"), "{e}");
+    assert!(e.message.contains("`fake_configfs`"), "{e}");
+    let e = err(&format!(
+        "{head}fake_configfs = \"/tmp/cfs\"\nconfigfs = \"/sys/kernel/config\"\n"
+    ));
+    assert_eq!((e.line, e.column), (6, 12));
+    assert!(e.message.contains("give only one of `configfs`"), "{e}");
 }
 
 #[test]
@@ -363,6 +398,7 @@ fn storage_mistakes_are_located() {
     let e = err(&format!("{head}key_delay_ms = -1\n"));
     assert_eq!((e.line, e.column), (5, 16));
     let e = err(&format!("{head}configfs = \"relative\"\n"));
+    assert_eq!((e.line, e.column), (5, 12));
     assert!(e.message.contains("absolute"), "{e}");
     let e = err(&format!("{head}udc = \"\"\n"));
     assert_eq!((e.line, e.column), (5, 7));

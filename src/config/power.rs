@@ -3,8 +3,8 @@
 //! Each backend's keys are one serde struct: [`RawPowerCommon`] (the keys every backend
 //! takes, `backend` among them), then [`RawEgpms`], [`RawSupply`] (both lab supplies) plus
 //! [`RawDpm86xx`], [`RawPdudaemon`] or [`RawCommand`], each `deny_unknown_fields`. serde's
-//! `flatten` cannot combine them (it loses spans and ignores `deny_unknown_fields`), so the
-//! section is taken as a TOML table whose keys and values keep their spans, and split by key:
+//! `flatten` cannot combine them (it loses spans and does not work with
+//! `deny_unknown_fields`), so the section is taken as a TOML table whose keys and values keep their spans, and split by key:
 //! each struct takes the keys it declares (its serde field list, [`field_names`]) and is
 //! deserialized from those alone. A key that none of the chosen backend's structs took is
 //! refused at its position, naming the backends it does belong to, if any.

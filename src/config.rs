@@ -2,10 +2,11 @@
 //!
 //! Parsing happens in two steps. `serde` reads the file into `Raw*` structs whose fields keep
 //! their byte spans (`toml::Spanned`), with `deny_unknown_fields` everywhere; then [`validate`]
-//! turns them into the typed config, checking what serde cannot (board name syntax, ranges,
-//! keys that do not belong to the chosen power backend). Every error carries the file path and
-//! the line and column of the offending key or value itself, so an admin can jump straight to
-//! it. Secrets are read here too, from a file or a systemd credential, never logged.
+//! turns them into the typed config, checking what serde cannot (board name syntax, ranges).
+//! `[power]` is typed per backend ([`power`]): each backend's keys are one struct, so a key of
+//! another backend is refused by name. Every error carries the file path and the line and
+//! column of the offending key or value itself, so an admin can jump straight to it. Secrets
+//! are read here too, from a file or a systemd credential, never logged.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -16,8 +17,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
+use toml::de::DeTable;
 
-pub use crate::access::{AccessConfig, OnRelease};
+pub use crate::access::{AccessConfig, Identity, OnRelease};
+pub use power::DEFAULT_CREDENTIAL;
+
+mod power;
 
 /// A configuration mistake, located in its file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,8 +192,9 @@ pub struct ConsoleConfig {
     pub input: ConsoleInput,
     /// Output a client may have queued before it is disconnected as too slow.
     pub client_buffer: usize,
-    /// Who typing on the TCP ports acts as.
-    pub tcp_identity: crate::access::Identity,
+    /// Who the telnet and raw TCP listeners act as when their clients type (`tcp_identity`;
+    /// default: the label `console-tcp`).
+    pub tcp_identity: Identity,
 }
 
 /// The `[images]` section: the one image folder (`docs/images.md`).
@@ -230,17 +236,31 @@ pub struct StorageConfig {
     pub inquiry: Option<String>,
     /// Between two keyboard reports.
     pub key_delay_ms: u64,
-    /// The kernel's configfs, or a folder laid out like it (tests, demo).
+    /// The kernel's configfs, or a folder laid out like it (`configfs`, `fake_configfs`).
     pub configfs: ConfigfsChoice,
     /// Where `cow` copies live (default: `<images dir>/.rtmd/gadget/<board>`).
     pub cow_dir: Option<PathBuf>,
 }
 
-/// Which configfs the gadget drives. (Interim: the config-types branch replaces this.)
+/// Which configfs the gadget drives: chosen explicitly, so that a mistyped path can never
+/// turn a real board's gadget into a folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigfsChoice {
+    /// The kernel's configfs, mounted at the path (`configfs = "PATH"`), or where
+    /// `/proc/mounts` says when `None` (neither key given).
     Kernel(Option<PathBuf>),
+    /// A folder laid out like configfs (`fake_configfs = "PATH"`): tests, the demo.
     Folder(PathBuf),
+}
+
+impl ConfigfsChoice {
+    /// The folder double's path, when that is the choice.
+    pub fn folder(&self) -> Option<&Path> {
+        match self {
+            ConfigfsChoice::Folder(dir) => Some(dir),
+            ConfigfsChoice::Kernel(_) => None,
+        }
+    }
 }
 
 /// `[capture]`: HDMI and audio capture (docs/capture.md).
@@ -273,8 +293,8 @@ pub struct PduApiConfig {
     pub hostname: String,
     /// The PDU port requests must give (`port=`).
     pub port: u16,
-    /// Who requests act as (no credentials on this face).
-    pub identity: crate::access::Identity,
+    /// Who its requests act as (`identity`; default: the label `pdudaemon-api`).
+    pub identity: Identity,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -325,7 +345,10 @@ pub struct CommandConfig {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     name: Spanned<String>,
-    power: Option<RawPower>,
+    /// Read per backend from the document's table instead (`power.rs`); named here so that
+    /// serde accepts the key and lists it among the expected ones.
+    #[serde(rename = "power")]
+    _power: Option<serde::de::IgnoredAny>,
     console: Option<RawConsole>,
     images: Option<Spanned<RawImages>>,
     nbd: Option<Spanned<RawNbd>>,
@@ -336,42 +359,6 @@ struct RawConfig {
 }
 
 type S<T> = Option<Spanned<T>>;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPower {
-    backend: Spanned<String>,
-    // common
-    cycle_off_ms: S<u32>,
-    on_stop: S<String>,
-    timeout_ms: S<u32>,
-    retries: S<u32>,
-    retry_backoff_ms: S<u32>,
-    // network switches
-    host: S<String>,
-    port: S<u16>,
-    outlet: S<u16>,
-    model: S<String>,
-    password: S<String>,
-    password_file: S<String>,
-    password_credential: S<String>,
-    pdu: S<String>,
-    // supplies
-    device: S<String>,
-    baud: S<u32>,
-    address: S<u8>,
-    protocol: S<String>,
-    voltage: S<f64>,
-    current_limit: S<f64>,
-    max_current: S<f64>,
-    voltage_range: S<[f64; 2]>,
-    profiles: S<BTreeMap<String, Spanned<f64>>>,
-    poll_ms: S<u32>,
-    // command
-    on_command: S<String>,
-    off_command: S<String>,
-    status_command: S<String>,
-}
 
 // The sections below belong to later subsystems; their contract keys are accepted (and only
 // those) so that a full lab config validates now.
@@ -392,6 +379,7 @@ struct RawConsole {
     log_keep: S<u32>,
     input: S<String>,
     client_buffer_kib: S<u32>,
+    tcp_identity: S<String>,
 }
 
 #[derive(Deserialize)]
@@ -401,6 +389,7 @@ struct RawPduApi {
     listen_tcp: S<String>,
     hostname: S<String>,
     port: S<u16>,
+    identity: S<String>,
 }
 
 #[derive(Deserialize)]
@@ -429,6 +418,7 @@ struct RawStorage {
     inquiry: S<String>,
     key_delay_ms: S<i64>,
     configfs: S<String>,
+    fake_configfs: S<String>,
     cow_dir: S<String>,
 }
 
@@ -467,11 +457,13 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Validates config text; `path` is used for messages and to resolve relative secret files.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let cx = Cx { path, text };
-    let raw: RawConfig = toml::from_str(text).map_err(|e| {
-        let span = e.span().unwrap_or(0..0);
-        cx.err(span, e.message().to_string())
-    })?;
-    validate(&cx, raw)
+    let doc = DeTable::parse(text).map_err(|e| cx.toml(e, 0..0))?;
+    // `[power]` is split among its backend's structs (power.rs), from this table: a
+    // `DeValue` keeps the span of every key and value.
+    let power = doc.get_ref().get("power").cloned();
+    let raw =
+        RawConfig::deserialize(toml::de::Deserializer::from(doc)).map_err(|e| cx.toml(e, 0..0))?;
+    validate(&cx, raw, power)
 }
 
 /// Location context: turns byte spans into `file:line:column` errors.
@@ -500,23 +492,9 @@ impl Cx<'_> {
         self.err(v.span(), message)
     }
 
-    /// The required key `key` of `[power]` for backend `backend`.
-    fn required<T: Clone>(
-        &self,
-        v: &S<T>,
-        key: &str,
-        backend: &Spanned<String>,
-    ) -> Result<T, ConfigError> {
-        match v {
-            Some(v) => Ok(v.get_ref().clone()),
-            None => Err(self.at(
-                backend,
-                format!(
-                    "backend `{}` needs the key `{key}` in [power]",
-                    backend.get_ref()
-                ),
-            )),
-        }
+    /// A TOML or serde error, at its own span or else at `fallback`.
+    fn toml(&self, e: toml::de::Error, fallback: Range<usize>) -> ConfigError {
+        self.err(e.span().unwrap_or(fallback), e.message())
     }
 }
 
@@ -528,7 +506,11 @@ pub fn valid_board_name(name: &str) -> bool {
         && name.len() <= 64
 }
 
-fn validate(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
+fn validate(
+    cx: &Cx<'_>,
+    raw: RawConfig,
+    power: Option<Spanned<toml::de::DeValue<'_>>>,
+) -> Result<Config, ConfigError> {
     if !valid_board_name(raw.name.get_ref()) {
         return Err(cx.at(
             &raw.name,
@@ -540,8 +522,8 @@ fn validate(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         ));
     }
     let mut warnings = Vec::new();
-    let power = match raw.power {
-        Some(p) => Some(validate_power(cx, p, &mut warnings)?),
+    let power = match power {
+        Some(section) => Some(power::validate(cx, section, &mut warnings)?),
         None => None,
     };
     let console = match &raw.console {
@@ -570,7 +552,7 @@ fn validate(cx: &Cx<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
                     .as_ref()
                     .map_or_else(|| raw.name.get_ref().clone(), |h| h.get_ref().clone()),
                 port: api.port.as_ref().map_or(1, |p| *p.get_ref()),
-                identity: crate::access::Identity::Label("pdudaemon-api".to_string()),
+                identity: identity(cx, &api.identity, "identity", "pdudaemon-api")?,
             })
         }
         None => None,
@@ -856,12 +838,29 @@ fn validate_storage(cx: &Cx<'_>, s: &RawStorage) -> Result<StorageConfig, Config
         Some(v) => *v.get_ref() as u64,
         None => 20,
     };
-    let absolute = |v: &S<String>, key: &str| match v {
-        Some(d) if !Path::new(d.get_ref()).is_absolute() => {
+    let absolute = |d: &Spanned<String>, key: &str| {
+        if Path::new(d.get_ref()).is_absolute() {
+            Ok(PathBuf::from(d.get_ref()))
+        } else {
             Err(cx.at(d, format!("`{key}` must be an absolute path")))
         }
-        Some(d) => Ok(Some(PathBuf::from(d.get_ref()))),
-        None => Ok(None),
+    };
+    let configfs = match (&s.configfs, &s.fake_configfs) {
+        (Some(kernel), Some(fake)) => {
+            let second = if kernel.span().start > fake.span().start {
+                kernel
+            } else {
+                fake
+            };
+            return Err(cx.at(
+                second,
+                "give only one of `configfs` (the kernel's configfs, mounted there) and \
+                 `fake_configfs` (a folder laid out like configfs, for tests)",
+            ));
+        }
+        (None, Some(fake)) => ConfigfsChoice::Folder(absolute(fake, "fake_configfs")?),
+        (Some(kernel), None) => ConfigfsChoice::Kernel(Some(absolute(kernel, "configfs")?)),
+        (None, None) => ConfigfsChoice::Kernel(None),
     };
     Ok(StorageConfig {
         udc,
@@ -871,11 +870,11 @@ fn validate_storage(cx: &Cx<'_>, s: &RawStorage) -> Result<StorageConfig, Config
         removable: s.removable.as_ref().is_none_or(|v| *v.get_ref()),
         inquiry,
         key_delay_ms,
-        configfs: match absolute(&s.configfs, "configfs")? {
-            Some(p) => ConfigfsChoice::Folder(p),
-            None => ConfigfsChoice::Kernel(None),
+        configfs,
+        cow_dir: match &s.cow_dir {
+            Some(d) => Some(absolute(d, "cow_dir")?),
+            None => None,
         },
-        cow_dir: absolute(&s.cow_dir, "cow_dir")?,
     })
 }
 
@@ -963,390 +962,54 @@ fn validate_console(cx: &Cx<'_>, c: &RawConsole) -> Result<ConsoleConfig, Config
             &[("all", ConsoleInput::All), ("first", ConsoleInput::First)],
         )?,
         client_buffer: client_kib as usize * 1024,
-        tcp_identity: crate::access::Identity::Label("console-tcp".to_string()),
+        tcp_identity: identity(cx, &c.tcp_identity, "tcp_identity", "console-tcp")?,
     })
 }
 
-/// Keys of `[power]` that each backend accepts, besides the common ones.
-fn backend_keys(backend: &str) -> Option<&'static [&'static str]> {
-    const SUPPLY: &[&str] = &[
-        "device",
-        "baud",
-        "address",
-        "voltage",
-        "current_limit",
-        "max_current",
-        "voltage_range",
-        "profiles",
-        "poll_ms",
-    ];
-    Some(match backend {
-        "egpms" => &[
-            "host",
-            "port",
-            "outlet",
-            "model",
-            "password",
-            "password_file",
-            "password_credential",
-        ],
-        "dpm86xx" => &[
-            "device",
-            "baud",
-            "address",
-            "voltage",
-            "current_limit",
-            "max_current",
-            "voltage_range",
-            "profiles",
-            "poll_ms",
-            "protocol",
-        ],
-        "riden" => SUPPLY,
-        "pdudaemon" => &["host", "port", "pdu", "outlet"],
-        "command" => &["on_command", "off_command", "status_command"],
-        _ => return None,
-    })
-}
-
-fn validate_power(
-    cx: &Cx<'_>,
-    p: RawPower,
-    warnings: &mut Vec<String>,
-) -> Result<PowerConfig, ConfigError> {
-    let backend_name = p.backend.get_ref().as_str();
-    let allowed = backend_keys(backend_name).ok_or_else(|| {
-        cx.at(
-            &p.backend,
-            format!(
-                "unknown power backend {backend_name:?}: expected one of egpms, dpm86xx, riden, \
-                 pdudaemon, command"
-            ),
-        )
-    })?;
-    // A key that is valid for some backend but not this one is a mistake worth naming.
-    let present: [(&str, Option<Range<usize>>); 21] = [
-        ("host", p.host.as_ref().map(Spanned::span)),
-        ("port", p.port.as_ref().map(Spanned::span)),
-        ("outlet", p.outlet.as_ref().map(Spanned::span)),
-        ("model", p.model.as_ref().map(Spanned::span)),
-        ("password", p.password.as_ref().map(Spanned::span)),
-        ("password_file", p.password_file.as_ref().map(Spanned::span)),
-        (
-            "password_credential",
-            p.password_credential.as_ref().map(Spanned::span),
-        ),
-        ("pdu", p.pdu.as_ref().map(Spanned::span)),
-        ("device", p.device.as_ref().map(Spanned::span)),
-        ("baud", p.baud.as_ref().map(Spanned::span)),
-        ("address", p.address.as_ref().map(Spanned::span)),
-        ("protocol", p.protocol.as_ref().map(Spanned::span)),
-        ("voltage", p.voltage.as_ref().map(Spanned::span)),
-        ("current_limit", p.current_limit.as_ref().map(Spanned::span)),
-        ("max_current", p.max_current.as_ref().map(Spanned::span)),
-        ("voltage_range", p.voltage_range.as_ref().map(Spanned::span)),
-        ("profiles", p.profiles.as_ref().map(Spanned::span)),
-        ("poll_ms", p.poll_ms.as_ref().map(Spanned::span)),
-        ("on_command", p.on_command.as_ref().map(Spanned::span)),
-        ("off_command", p.off_command.as_ref().map(Spanned::span)),
-        (
-            "status_command",
-            p.status_command.as_ref().map(Spanned::span),
-        ),
-    ];
-    for (key, span) in present {
-        if let Some(span) = span
-            && !allowed.contains(&key)
-        {
-            return Err(cx.err(
-                span,
-                format!("key `{key}` does not apply to power backend `{backend_name}`"),
-            ));
-        }
-    }
-
-    let ms = |v: &S<u32>, default: u32| {
-        Duration::from_millis(u64::from(v.as_ref().map_or(default, |v| *v.get_ref())))
+/// Who a face without credentials acts as: `uid:N`, `user:NAME` (that local user's uid) or a
+/// label for the audit trail, 1 to 64 characters from `A-Z a-z 0-9 . _ @ -`.
+fn identity(cx: &Cx<'_>, v: &S<String>, key: &str, default: &str) -> Result<Identity, ConfigError> {
+    let Some(v) = v else {
+        return Ok(Identity::Label(default.to_string()));
     };
-    let on_stop = match p.on_stop.as_ref() {
-        None => OnStop::Keep,
-        Some(v) => match v.get_ref().as_str() {
-            "keep" => OnStop::Keep,
-            "off" => OnStop::Off,
-            other => {
-                return Err(cx.at(
-                    v,
-                    format!("invalid on_stop {other:?}: expected \"keep\" or \"off\""),
-                ));
+    let text = v.get_ref();
+    if let Some(number) = text.strip_prefix("uid:") {
+        // Digits only (`u32::from_str` would take `+5`); `(uid_t)-1` is no user.
+        return match number.parse::<u32>() {
+            Ok(uid) if number.bytes().all(|b| b.is_ascii_digit()) && uid != u32::MAX => {
+                Ok(Identity::Uid(uid))
             }
-        },
-    };
-    if let Some(t) = &p.timeout_ms
-        && *t.get_ref() == 0
-    {
-        return Err(cx.at(t, "timeout_ms must be greater than 0"));
-    }
-    if let Some(r) = &p.retries
-        && *r.get_ref() > 10
-    {
-        return Err(cx.at(r, "retries must be at most 10"));
-    }
-
-    let backend = match backend_name {
-        "egpms" => BackendConfig::Egpms(egpms(cx, &p, warnings)?),
-        "dpm86xx" => {
-            let protocol = match p.protocol.as_ref() {
-                None => DpmProtocol::Ascii,
-                Some(v) => match v.get_ref().as_str() {
-                    "ascii" => DpmProtocol::Ascii,
-                    "modbus" => DpmProtocol::Modbus,
-                    other => {
-                        return Err(cx.at(
-                            v,
-                            format!("invalid protocol {other:?}: expected \"ascii\" or \"modbus\""),
-                        ));
-                    }
-                },
-            };
-            BackendConfig::Dpm86xx(supply(cx, &p, 9600)?, protocol)
-        }
-        "riden" => BackendConfig::Riden(supply(cx, &p, 115_200)?),
-        "pdudaemon" => {
-            let outlet = cx.required(&p.outlet, "outlet", &p.backend)?;
-            BackendConfig::Pdudaemon(PdudaemonConfig {
-                host: p
-                    .host
-                    .as_ref()
-                    .map_or_else(|| "127.0.0.1".to_string(), |h| h.get_ref().clone()),
-                port: p.port.as_ref().map_or(16421, |v| *v.get_ref()),
-                pdu: cx.required(&p.pdu, "pdu", &p.backend)?,
-                outlet,
-            })
-        }
-        _ => BackendConfig::Command(CommandConfig {
-            on: cx.required(&p.on_command, "on_command", &p.backend)?,
-            off: cx.required(&p.off_command, "off_command", &p.backend)?,
-            status: p.status_command.as_ref().map(|s| s.get_ref().clone()),
-        }),
-    };
-
-    Ok(PowerConfig {
-        backend,
-        cycle_off: ms(&p.cycle_off_ms, 2000),
-        on_stop,
-        timeout: ms(&p.timeout_ms, 5000),
-        retries: p.retries.as_ref().map_or(2, |v| *v.get_ref()),
-        retry_backoff: ms(&p.retry_backoff_ms, 250),
-        poll_interval: ms(&p.poll_ms, 1000),
-    })
-}
-
-fn egpms(
-    cx: &Cx<'_>,
-    p: &RawPower,
-    warnings: &mut Vec<String>,
-) -> Result<EgpmsConfig, ConfigError> {
-    let host = cx.required(&p.host, "host", &p.backend)?;
-    let outlet = cx.required(&p.outlet, "outlet", &p.backend)?;
-    if !(1..=4).contains(&outlet) {
-        let v = p.outlet.as_ref().map_or(0..0, Spanned::span);
-        return Err(cx.err(
-            v,
-            format!("outlet {outlet} does not exist: an Energenie strip has outlets 1 to 4"),
-        ));
-    }
-    let model = match p.model.as_ref() {
-        None => EgpmsModel::Pms21,
-        Some(v) => match v.get_ref().as_str() {
-            "pms20" => EgpmsModel::Pms20,
-            "pms21" => EgpmsModel::Pms21,
-            "pmswlan" => EgpmsModel::PmsWlan,
-            other => {
-                return Err(cx.at(
-                    v,
-                    format!(
-                        "invalid model {other:?}: expected \"pms20\", \"pms21\" or \"pmswlan\""
-                    ),
-                ));
-            }
-        },
-    };
-    let sources = [
-        p.password.is_some(),
-        p.password_file.is_some(),
-        p.password_credential.is_some(),
-    ];
-    if sources.iter().filter(|s| **s).count() > 1 {
-        let span = [&p.password, &p.password_file, &p.password_credential]
-            .into_iter()
-            .flatten()
-            .nth(1)
-            .map_or(0..0, Spanned::span);
-        return Err(cx.err(
-            span,
-            "give only one of password, password_file and password_credential",
-        ));
-    }
-    let password = if let Some(pw) = &p.password {
-        warnings.push(format!(
-            "{}: the strip password is inline; anyone who can read this file can switch the strip. \
-             Use password_file or password_credential (a systemd credential) instead",
-            cx.path.display()
-        ));
-        pw.get_ref().clone().into_bytes()
-    } else if let Some(file) = &p.password_file {
-        let file_path = cx
-            .path
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join(file.get_ref());
-        read_secret(&file_path).map_err(|e| {
-            cx.at(
-                file,
-                format!("cannot read password file {}: {e}", file_path.display()),
-            )
-        })?
-    } else if let Some(name) = &p.password_credential {
-        let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
-            cx.at(name, "password_credential needs $CREDENTIALS_DIRECTORY (set by systemd's LoadCredential=)")
-        })?;
-        let file_path = Path::new(&dir).join(name.get_ref());
-        read_secret(&file_path).map_err(|e| {
-            cx.at(
-                name,
-                format!("cannot read credential {}: {e}", file_path.display()),
-            )
-        })?
-    } else if let Some(secret) = default_credential() {
-        // systemd/rtmd@.service loads the credential `power-password` when the admin has put
-        // one in a credential store; no config key needed.
-        secret.map_err(|e| {
-            cx.at(
-                &p.backend,
-                format!("cannot read credential {DEFAULT_CREDENTIAL}: {e}"),
-            )
-        })?
-    } else {
-        Vec::new()
-    };
-    if password.len() > 8 {
-        warnings.push(
-            "the strip password is longer than 8 bytes; Energenie strips use only the first 8"
-                .to_string(),
-        );
-    }
-    Ok(EgpmsConfig {
-        host,
-        port: p.port.as_ref().map_or(5000, |v| *v.get_ref()),
-        outlet: outlet as u8,
-        model,
-        password,
-    })
-}
-
-/// The credential name the shipped unit loads (`LoadCredential=power-password:...`).
-pub const DEFAULT_CREDENTIAL: &str = "power-password";
-
-/// `$CREDENTIALS_DIRECTORY/power-password`, if systemd provided it.
-fn default_credential() -> Option<std::io::Result<Vec<u8>>> {
-    let path = Path::new(&std::env::var_os("CREDENTIALS_DIRECTORY")?).join(DEFAULT_CREDENTIAL);
-    path.exists().then(|| read_secret(&path))
-}
-
-/// A secret file's content, without its single trailing newline.
-fn read_secret(path: &Path) -> std::io::Result<Vec<u8>> {
-    let mut bytes = std::fs::read(path)?;
-    if bytes.last() == Some(&b'\n') {
-        bytes.pop();
-        if bytes.last() == Some(&b'\r') {
-            bytes.pop();
-        }
-    }
-    Ok(bytes)
-}
-
-fn supply(cx: &Cx<'_>, p: &RawPower, default_baud: u32) -> Result<SupplyConfig, ConfigError> {
-    let device = cx.required(&p.device, "device", &p.backend)?;
-    let range = p.voltage_range.as_ref().ok_or_else(|| {
-        cx.at(
-            &p.backend,
-            "a lab supply needs `voltage_range = [min, max]`: the supply itself checks nothing, \
-             and a wrong setpoint can damage the board",
-        )
-    })?;
-    let [lo, hi] = *range.get_ref();
-    if !(lo.is_finite() && hi.is_finite() && 0.0 <= lo && lo < hi) {
-        return Err(cx.at(
-            range,
-            "voltage_range must be [min, max] with 0 <= min < max",
-        ));
-    }
-    let in_range = |v: &Spanned<f64>, what: &str| {
-        let x = *v.get_ref();
-        if x.is_finite() && lo <= x && x <= hi {
-            Ok(x)
-        } else {
-            Err(cx.at(
+            _ => Err(cx.at(
                 v,
-                format!("{what} {x} V is outside voltage_range [{lo}, {hi}]"),
-            ))
-        }
-    };
-    let voltage_v = p.voltage.as_ref().ok_or_else(|| {
-        cx.at(
-            &p.backend,
-            "a lab supply needs `voltage`: it is applied before the output goes on",
-        )
-    })?;
-    let voltage = in_range(voltage_v, "voltage")?;
-    let limit_v = p.current_limit.as_ref().ok_or_else(|| {
-        cx.at(
-            &p.backend,
-            "a lab supply needs `current_limit` (A): it is applied before the output goes on",
-        )
-    })?;
-    let current_limit = *limit_v.get_ref();
-    if !(current_limit.is_finite() && current_limit > 0.0) {
-        return Err(cx.at(
-            limit_v,
-            "current_limit must be a positive number of amperes",
-        ));
+                format!("invalid {key} {text:?}: `uid:` takes a user id, 0 to 4294967294"),
+            )),
+        };
     }
-    let max_current = match &p.max_current {
-        None => current_limit,
-        Some(m) => {
-            let m_v = *m.get_ref();
-            if !(m_v.is_finite() && m_v >= current_limit) {
-                return Err(cx.at(
-                    m,
-                    format!("max_current must be at least current_limit ({current_limit} A)"),
-                ));
-            }
-            m_v
-        }
-    };
-    let mut profiles = BTreeMap::new();
-    if let Some(table) = &p.profiles {
-        for (name, v) in table.get_ref() {
-            profiles.insert(name.clone(), in_range(v, &format!("profile {name:?}"))?);
-        }
+    if let Some(name) = text.strip_prefix("user:") {
+        return match nix::unistd::User::from_name(name) {
+            Ok(Some(user)) => Ok(Identity::Uid(user.uid.as_raw())),
+            Ok(None) => Err(cx.at(
+                v,
+                format!("invalid {key} {text:?}: there is no local user {name:?}"),
+            )),
+            Err(e) => Err(cx.at(
+                v,
+                format!("invalid {key} {text:?}: cannot look up the user {name:?}: {e}"),
+            )),
+        };
     }
-    let address = p.address.as_ref().map_or(1, |v| *v.get_ref());
-    if let Some(a) = &p.address
-        && !(1..=247).contains(a.get_ref())
-    {
-        return Err(cx.at(a, "address must be between 1 and 247"));
+    let label_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-');
+    if (1..=64).contains(&text.chars().count()) && text.chars().all(label_char) {
+        Ok(Identity::Label(text.clone()))
+    } else {
+        Err(cx.at(
+            v,
+            format!(
+                "invalid {key} {text:?}: expected `uid:N`, `user:NAME` or a label of 1 to 64 \
+                 characters from A-Z a-z 0-9 . _ @ -"
+            ),
+        ))
     }
-    Ok(SupplyConfig {
-        device: PathBuf::from(device),
-        baud: p.baud.as_ref().map_or(default_baud, |v| *v.get_ref()),
-        address,
-        voltage,
-        current_limit,
-        voltage_range: (lo, hi),
-        max_current,
-        profiles,
-    })
 }
 
 #[cfg(test)]

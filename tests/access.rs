@@ -416,7 +416,7 @@ fn every_mutating_method_of_every_interface_is_refused_to_others() {
     std::fs::write(&screen, "off\n").unwrap();
     let extra = format!(
         "[images]\ndir = \"images\"\n[nbd]\nlisten = \"127.0.0.1:{}\"\n\
-         [storage]\nconfigfs = \"{}\"\nkeyboard = true\nkey_delay_ms = 0\n\
+         [storage]\nfake_configfs = \"{}\"\nkeyboard = true\nkey_delay_ms = 0\n\
          [capture]\nvideo = \"sim:{2}\"\naudio = \"sim:{2}\"\ndir = \"captures\"\n",
         free_port(),
         configfs.display(),

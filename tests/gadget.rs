@@ -35,7 +35,7 @@ fn rig(bus: &Bus, udcs: &[&str], storage_extra: &str, extra: &str) -> Rig {
     )
     .unwrap();
     let config = format!(
-        "name = \"{BOARD}\"\n[images]\ndir = \"images\"\n[storage]\nconfigfs = \"{}\"\n\
+        "name = \"{BOARD}\"\n[images]\ndir = \"images\"\n[storage]\nfake_configfs = \"{}\"\n\
          keyboard = true\nkey_delay_ms = 0\n{storage_extra}\n{extra}",
         configfs.display()
     );

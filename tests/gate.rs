@@ -145,10 +145,16 @@ fn the_pdudaemon_api_passes_the_gate_as_its_label() {
     assert_eq!(p.http("on").0, "200");
     assert_eq!(p.power(), "on");
 
-    ok_line(&rtmctl_as_nobody(&p.d, &["hold", "--ttl", "1h", "nobody's debugging"]));
+    ok_line(&rtmctl_as_nobody(
+        &p.d,
+        &["hold", "--ttl", "1h", "nobody's debugging"],
+    ));
     let (code, body) = p.http("off");
     assert_eq!(code, "403", "{body}");
-    assert!(body.contains("held by \"nobody's debugging\" (uid 65534)"), "{body}");
+    assert!(
+        body.contains("held by \"nobody's debugging\" (uid 65534)"),
+        "{body}"
+    );
     assert_eq!(p.legacy("reboot"), "nack");
     assert_eq!(p.power(), "on", "a refused request switched the board");
 
@@ -176,7 +182,10 @@ fn the_pdudaemon_api_acts_as_its_configured_uid() {
     assert_eq!(p.power(), "on");
     ok_line(&p.d.rtmctl(&["release"]));
 
-    ok_line(&rtmctl_as_nobody(&p.d, &["hold", "--ttl", "1h", "nobody's job"]));
+    ok_line(&rtmctl_as_nobody(
+        &p.d,
+        &["hold", "--ttl", "1h", "nobody's job"],
+    ));
     assert_eq!(p.http("off").0, "403");
     assert_eq!(p.legacy("off"), "nack");
     assert_eq!(p.power(), "on");
@@ -296,13 +305,17 @@ fn console_tcp_input_passes_the_gate() {
     let mut raw = TcpStream::connect(c.addr("TcpRawAddress")).unwrap();
     let mut telnet = TcpStream::connect(c.addr("TcpAddress")).unwrap();
     for s in [&raw, &telnet] {
-        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
     }
     c.clients(2);
     raw.write_all(b"free to type\n").unwrap();
     assert_eq!(c.board_reads("type\n"), "free to type\n");
 
-    ok_line(&rtmctl_as_nobody(&c.d, &["hold", "--ttl", "1h", "nobody's console"]));
+    ok_line(&rtmctl_as_nobody(
+        &c.d,
+        &["hold", "--ttl", "1h", "nobody's console"],
+    ));
     raw.write_all(b"raw refused\n").unwrap();
     let told = text(&read_until(&mut raw, b"]\r\n"));
     assert!(
@@ -326,7 +339,10 @@ fn console_tcp_input_passes_the_gate() {
     ] {
         assert!(audit.contains(needle), "no {needle:?} in\n{audit}");
     }
-    assert!(!audit.contains("raw again"), "a second refusal was recorded:\n{audit}");
+    assert!(
+        !audit.contains("raw again"),
+        "a second refusal was recorded:\n{audit}"
+    );
 }
 
 /// The unix socket knows its peer's uid from the kernel (SO_PEERCRED): the holder's client
@@ -342,7 +358,8 @@ fn console_unix_socket_input_is_checked_as_the_peers_uid() {
         .stdin(Stdio::piped());
     let mut nobody = Proc::spawn_stdin("socat as nobody", nobody);
     let mut root = UnixStream::connect(&c.unix).unwrap();
-    root.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    root.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     c.clients(2);
 
     nobody.send("from nobody\n");
@@ -351,12 +368,15 @@ fn console_unix_socket_input_is_checked_as_the_peers_uid() {
     assert_eq!(c.board_reads("holder\n"), "from the holder\n");
     let audit = audit(&c.d);
     assert!(
-        audit.contains("nobody (65534) Console.Input(12 bytes: from nobody\\n [via console unix socket, pid ")
-            && audit.contains("-> Leased: held by \"root's console\" (uid 0)"),
+        audit.contains(
+            "nobody (65534) Console.Input(12 bytes: from nobody\\n [via console unix socket, pid "
+        ) && audit.contains("-> Leased: held by \"root's console\" (uid 0)"),
         "{audit}"
     );
     assert!(
-        audit.contains("root (0) Console.Input(16 bytes: from the holder\\n [via console unix socket"),
+        audit.contains(
+            "root (0) Console.Input(16 bytes: from the holder\\n [via console unix socket"
+        ),
         "{audit}"
     );
 }

@@ -88,6 +88,98 @@ fn key_of_another_backend_is_named() {
 }
 
 #[test]
+fn key_of_another_backend_is_located_at_the_key_and_names_its_backends() {
+    let e = err(&DPM.replace("protocol = \"modbus\"\n", "outlet = 1\n"));
+    assert_eq!((e.line, e.column), (5, 1));
+    assert_eq!(
+        e.message,
+        "key `outlet` does not apply to power backend `dpm86xx` (only to egpms, pdudaemon)"
+    );
+    let e = err(&DPM.replace("backend = \"dpm86xx\"", "backend = \"riden\""));
+    assert_eq!((e.line, e.column), (5, 1));
+    assert_eq!(
+        e.message,
+        "key `protocol` does not apply to power backend `riden` (only to dpm86xx)"
+    );
+    // In an inline table and with dotted keys, too.
+    let e = err(
+        "name = \"b\"\npower = { backend = \"command\", on_command = \"a\", off_command = \"b\", \
+         poll_ms = 5 }\n",
+    );
+    assert_eq!((e.line, e.column), (2, 69));
+    assert!(e.message.contains("(only to dpm86xx, riden)"), "{e}");
+    let e = err(
+        "name = \"b\"\npower.backend = \"command\"\npower.on_command = \"a\"\n\
+         power.off_command = \"b\"\npower.host = \"h\"\n",
+    );
+    assert_eq!((e.line, e.column), (5, 7));
+}
+
+#[test]
+fn unknown_power_key_lists_only_the_backends_keys() {
+    let e = err(
+        "name = \"b\"\n[power]\nbackend = \"command\"\non_command = \"a\"\noff_command = \"b\"\n  colour = 1\n",
+    );
+    assert_eq!((e.line, e.column), (6, 3));
+    assert_eq!(
+        e.message,
+        "unknown field `colour` for power backend `command`, expected one of `backend`, \
+         `cycle_off_ms`, `on_stop`, `timeout_ms`, `retries`, `retry_backoff_ms`, `on_command`, \
+         `off_command`, `status_command`"
+    );
+}
+
+#[test]
+fn power_section_shape_and_types_are_located() {
+    let e = err("name = \"b\"\npower = 3\n");
+    assert_eq!((e.line, e.column), (2, 9));
+    assert!(e.message.contains("must be a table"), "{e}");
+    let e = err("name = \"b\"\n[power]\nhost = \"h\"\n");
+    assert_eq!((e.line, e.column), (2, 1));
+    assert!(e.message.contains("missing field `backend`"), "{e}");
+    let e = err("name = \"b\"\n[power]\nbackend = 3\n");
+    assert_eq!((e.line, e.column), (3, 11));
+    // A common key's type, and a backend key's.
+    let e = err("name = \"b\"\n[power]\nbackend = \"command\"\ntimeout_ms = \"x\"\n");
+    assert_eq!((e.line, e.column), (4, 14));
+    assert!(e.message.contains("expected u32"), "{e}");
+    let e = err(&DPM.replace("high = 5.6", "high = \"x\""));
+    assert_eq!((e.line, e.column), (9, 47));
+    assert!(e.message.contains("expected f64"), "{e}");
+    // Top-level keys still name `power` among the expected ones.
+    let e = err("name = \"b\"\npowr = 1\n");
+    assert!(e.message.contains("`power`"), "{e}");
+}
+
+#[test]
+fn every_backend_validates_and_is_named_as_configured() {
+    let boards = [
+        ("egpms", "host = \"h\"\noutlet = 1\n"),
+        (
+            "dpm86xx",
+            "device = \"/d\"\nvoltage = 5.0\ncurrent_limit = 1.0\nvoltage_range = [4.0, 6.0]\n",
+        ),
+        (
+            "riden",
+            "device = \"/d\"\nvoltage = 5.0\ncurrent_limit = 1.0\nvoltage_range = [4.0, 6.0]\npoll_ms = 300\n",
+        ),
+        ("pdudaemon", "pdu = \"p\"\noutlet = 7\n"),
+        ("command", "on_command = \"a\"\noff_command = \"b\"\n"),
+    ];
+    for (backend, keys) in boards {
+        let c = parse_str(&format!(
+            "name = \"b\"\n[power]\nbackend = \"{backend}\"\nretries = 3\n{keys}"
+        ))
+        .unwrap_or_else(|e| panic!("{backend}: {e}"));
+        let p = c.power.unwrap();
+        assert_eq!(p.backend.name(), backend);
+        assert_eq!(p.retries, 3);
+        let poll = if backend == "riden" { 300 } else { 1000 };
+        assert_eq!(p.poll_interval, Duration::from_millis(poll), "{backend}");
+    }
+}
+
+#[test]
 fn outlet_out_of_range() {
     let e = err("name = \"b\"\n[power]\nbackend = \"egpms\"\nhost = \"h\"\noutlet = 5\n");
     assert_eq!((e.line, e.column), (5, 10));
@@ -242,11 +334,8 @@ fn storage_section_is_served_with_defaults() {
     assert_eq!(s.udc.as_deref(), Some("fe980000.usb"));
     assert!(s.keyboard && s.removable && !s.cdrom);
     assert_eq!((s.luns, s.key_delay_ms), (1, 20));
-    assert!(
-        s.configfs == crate::config::ConfigfsChoice::Kernel(None)
-            && s.cow_dir.is_none()
-            && s.inquiry.is_none()
-    );
+    assert_eq!(s.configfs, ConfigfsChoice::Kernel(None));
+    assert!(s.cow_dir.is_none() && s.inquiry.is_none());
     assert!(!c.pending_sections.contains(&"storage"));
     let c = parse_str(
         "name = \"b\"\n[images]\ndir = \"/i\"\n[storage]\nluns = 2\ncdrom = true\n\
@@ -259,10 +348,41 @@ fn storage_section_is_served_with_defaults() {
         (s.luns, s.cdrom, s.removable, s.key_delay_ms),
         (2, true, false, 0)
     );
+    assert_eq!(s.configfs, ConfigfsChoice::Kernel(Some("/tmp/cfs".into())));
+    assert_eq!(s.configfs.folder(), None);
+}
+
+#[test]
+fn the_configfs_folder_double_is_chosen_explicitly() {
+    let head = "name = \"b\"\n[images]\ndir = \"/i\"\n[storage]\n";
+    let c = parse_str(&format!("{head}fake_configfs = \"/tmp/cfs\"\n")).unwrap();
+    let s = c.storage.unwrap();
+    assert_eq!(s.configfs, ConfigfsChoice::Folder("/tmp/cfs".into()));
+    assert_eq!(s.configfs.folder(), Some(Path::new("/tmp/cfs")));
+    // The kernel's mount point stays the kernel's, whatever the path.
+    let c = parse_str(&format!("{head}configfs = \"/sys/kernel/config\"\n")).unwrap();
     assert_eq!(
-        s.configfs,
-        crate::config::ConfigfsChoice::Folder("/tmp/cfs".into())
+        c.storage.unwrap().configfs,
+        ConfigfsChoice::Kernel(Some("/sys/kernel/config".into()))
     );
+
+    let e = err(&format!("{head}fake_configfs = \"relative\"\n"));
+    assert_eq!((e.line, e.column), (5, 17));
+    assert_eq!(e.message, "`fake_configfs` must be an absolute path");
+    let e = err(&format!("{head}fake_configfs = 3\n"));
+    assert_eq!((e.line, e.column), (5, 17));
+    // Both: the error is at the second one, whichever it is.
+    let e = err(&format!(
+        "{head}configfs = \"/sys/kernel/config\"\nkeyboard = true\nfake_configfs = \"/tmp/cfs\"\n"
+    ));
+    assert_eq!((e.line, e.column), (7, 17));
+    assert!(e.message.contains("give only one of `configfs`"), "{e}");
+    assert!(e.message.contains("`fake_configfs`"), "{e}");
+    let e = err(&format!(
+        "{head}fake_configfs = \"/tmp/cfs\"\nconfigfs = \"/sys/kernel/config\"\n"
+    ));
+    assert_eq!((e.line, e.column), (6, 12));
+    assert!(e.message.contains("give only one of `configfs`"), "{e}");
 }
 
 #[test]
@@ -278,6 +398,7 @@ fn storage_mistakes_are_located() {
     let e = err(&format!("{head}key_delay_ms = -1\n"));
     assert_eq!((e.line, e.column), (5, 16));
     let e = err(&format!("{head}configfs = \"relative\"\n"));
+    assert_eq!((e.line, e.column), (5, 12));
     assert!(e.message.contains("absolute"), "{e}");
     let e = err(&format!("{head}udc = \"\"\n"));
     assert_eq!((e.line, e.column), (5, 7));
@@ -372,4 +493,97 @@ fn a_listener_given_as_a_port_alone_is_on_loopback() {
     let e = err("name = \"b\"\n[console]\ndevice = \"/dev/ttyUSB0\"\ntcp = \"localhost:2000\"\n");
     assert_eq!((e.line, e.column), (4, 7));
     assert!(e.message.contains("expected a port (on loopback)"), "{e}");
+}
+
+#[test]
+fn identities_default_to_their_faces_labels() {
+    let c = parse_str(
+        "name = \"b\"\n[power]\nbackend = \"command\"\non_command = \"a\"\noff_command = \"b\"\n\
+         [pdudaemon_api]\nlisten = \"16421\"\n[console]\ndevice = \"/dev/ttyUSB0\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.pdudaemon_api.unwrap().identity,
+        Identity::Label("pdudaemon-api".into())
+    );
+    assert_eq!(
+        c.console.unwrap().tcp_identity,
+        Identity::Label("console-tcp".into())
+    );
+}
+
+/// `[pdudaemon_api] identity` (line 8) given as `api`, `[console] tcp_identity` (line 11)
+/// as `console`.
+fn identities(api: &str, console: &str) -> Result<(Identity, Identity), ConfigError> {
+    let c = parse_str(&format!(
+        "name = \"b\"\n[power]\nbackend = \"command\"\non_command = \"a\"\noff_command = \"b\"\n\
+         [pdudaemon_api]\nlisten = \"16421\"\nidentity = {api:?}\n\
+         [console]\ndevice = \"/dev/ttyUSB0\"\ntcp_identity = {console:?}\n"
+    ))?;
+    Ok((
+        c.pdudaemon_api.unwrap().identity,
+        c.console.unwrap().tcp_identity,
+    ))
+}
+
+#[test]
+fn identities_take_a_uid_a_user_or_a_label() {
+    for (value, expected) in [
+        ("uid:1000", Identity::Uid(1000)),
+        ("uid:0", Identity::Uid(0)),
+        ("uid:4294967294", Identity::Uid(4_294_967_294)),
+        ("user:root", Identity::Uid(0)),
+        (
+            "lava-worker@lab1",
+            Identity::Label("lava-worker@lab1".into()),
+        ),
+        ("A.b_c-9", Identity::Label("A.b_c-9".into())),
+        (&"x".repeat(64), Identity::Label("x".repeat(64))),
+    ] {
+        let (api, console) = identities(value, value).unwrap_or_else(|e| panic!("{value}: {e}"));
+        assert_eq!(api, expected, "{value}");
+        assert_eq!(console, expected, "{value}");
+    }
+}
+
+#[test]
+fn bad_identities_are_located_at_the_value() {
+    let bad: [(&str, &str); 12] = [
+        ("uid:", "`uid:` takes a user id"),
+        ("uid:x", "`uid:` takes a user id"),
+        ("uid:+5", "`uid:` takes a user id"),
+        ("uid:-1", "`uid:` takes a user id"),
+        ("uid:4294967295", "`uid:` takes a user id"),
+        ("uid:4294967296", "`uid:` takes a user id"),
+        (
+            "user:rtmd-no-such-user",
+            "there is no local user \"rtmd-no-such-user\"",
+        ),
+        ("user:", "there is no local user \"\""),
+        ("", "a label of 1 to 64 characters"),
+        ("lab worker", "a label of 1 to 64 characters"),
+        ("lab/worker", "a label of 1 to 64 characters"),
+        ("wörker", "a label of 1 to 64 characters"),
+    ];
+    let long = "x".repeat(65);
+    for (value, message) in bad.into_iter().chain([(long.as_str(), "1 to 64")]) {
+        let e = identities(value, "ok").unwrap_err();
+        assert_eq!((e.line, e.column), (8, 12), "{value}: {e}");
+        assert!(e.message.contains(message), "{value}: {e}");
+        assert!(
+            e.message
+                .starts_with(&format!("invalid identity {value:?}: ")),
+            "{value}: {e}"
+        );
+        let e = identities("ok", value).unwrap_err();
+        assert_eq!((e.line, e.column), (11, 16), "{value}: {e}");
+        assert!(e.message.contains(message), "{value}: {e}");
+        assert!(
+            e.message
+                .starts_with(&format!("invalid tcp_identity {value:?}: ")),
+            "{value}: {e}"
+        );
+    }
+    let e = err("name = \"b\"\n[console]\ndevice = \"/dev/ttyUSB0\"\ntcp_identity = 5\n");
+    assert_eq!((e.line, e.column), (4, 16));
 }

@@ -1,4 +1,4 @@
-//! The USB gadget over D-Bus, without a VM: rtmd with `[storage] configfs` pointing at a
+//! The USB gadget over D-Bus, without a VM: rtmd with `[storage] fake_configfs` pointing at a
 //! folder laid out like configfs (src/gadget/fake.rs), driven with rtmctl, busctl and
 //! dbus-send; checks what rtmd wrote into the configfs files, and the bad input.
 
@@ -353,7 +353,7 @@ fn an_image_is_never_writable_through_the_gadget_and_nbd_at_once() {
     // ...but not NBD cow beside a gadget ro.
     ok_line(&r.d.rtmctl(&["nbd", "unexport"]));
     let line = err_line(&r.d.rtmctl(&["nbd", "export", "disk.img", "--cow"]), 1);
-    assert!(line.contains("attached to the USB gadget"), "{line}");
+    assert!(line.contains("attached as USB storage (ro)"), "{line}");
     ok_line(&r.d.rtmctl(&["usbg-ms", "off"]));
     ok_line(&r.d.rtmctl(&["nbd", "export", "disk.img", "--cow"]));
 }

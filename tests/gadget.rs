@@ -370,3 +370,34 @@ fn stopping_the_daemon_removes_the_gadget() {
     assert!(!r.gadget().exists());
     assert!(!copy.exists());
 }
+
+/// `configfs = PATH` always means the kernel's configfs: a folder laid out like configfs
+/// (a typo, an old test path) is never silently driven as the double, which would leave a
+/// real board without its USB disk while every call succeeds. Here configfs is not mounted,
+/// so the attach fails, naming that, and the folder stays untouched.
+#[test]
+fn a_configfs_path_is_never_taken_for_the_folder_double() {
+    if std::fs::read_to_string("/proc/mounts").is_ok_and(|m| m.contains(" configfs ")) {
+        eprintln!("configfs is mounted here; this test needs a host without it");
+        return;
+    }
+    let bus = Bus::start();
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("configfs");
+    std::fs::create_dir_all(folder.join("usb_gadget")).unwrap();
+    std::fs::create_dir_all(folder.join("udc")).unwrap();
+    std::fs::write(folder.join("udc").join("dummy_udc.0"), "").unwrap();
+    std::fs::create_dir_all(dir.path().join("images")).unwrap();
+    std::fs::write(dir.path().join("images").join("disk.img"), vec![0u8; 4096]).unwrap();
+    let config = format!(
+        "name = \"{BOARD}\"\n[images]\ndir = \"images\"\n[storage]\nconfigfs = \"{}\"\n",
+        folder.display()
+    );
+    let d = Daemon::start_in(&bus, &config, dir);
+    let line = err_line(&d.rtmctl(&["usbg-ms", "on", "--image", "disk.img"]), 2);
+    assert!(line.contains("configfs is not mounted"), "{line}");
+    let made: Vec<_> = std::fs::read_dir(folder.join("usb_gadget"))
+        .unwrap()
+        .collect();
+    assert!(made.is_empty(), "the folder was driven as configfs: {made:?}");
+}

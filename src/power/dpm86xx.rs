@@ -320,7 +320,7 @@ impl AsciiLink {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     #[test]
@@ -361,5 +361,242 @@ mod tests {
         assert!(parse_reply(b":0Xok").is_err());
         assert!(parse_reply(b":01r3a=1.").is_err());
         assert!(parse_reply(b":01oops").is_err());
+    }
+
+    #[test]
+    fn function_and_register_numbers_are_the_documented_ones() {
+        // docs/protocols/power-supplies.md, the ASCII "Functions" table and the Modbus
+        // register table.
+        assert_eq!(
+            [
+                func::VOLTAGE_SET,
+                func::CURRENT_SET,
+                func::OUTPUT,
+                func::VOLTAGE_OUT,
+                func::CURRENT_OUT,
+                func::TEMPERATURE
+            ],
+            [10, 11, 12, 30, 31, 33]
+        );
+        assert_eq!(
+            [
+                reg::VOLTAGE_SET,
+                reg::CURRENT_SET,
+                reg::OUTPUT,
+                reg::VOLTAGE_OUT,
+                reg::CURRENT_OUT,
+                reg::TEMPERATURE
+            ],
+            [0x0000, 0x0001, 0x0002, 0x1001, 0x1002, 0x1003]
+        );
+        assert_eq!(encode_write(1, func::OUTPUT, 1), ":01w12=1,\r\n");
+        assert_eq!(encode_write(7, func::CURRENT_SET, 2000), ":07w11=2000,\r\n");
+        assert_eq!(encode_read(1, func::TEMPERATURE), ":01r33=0,\r\n");
+    }
+
+    // ---- A scripted supply on a pseudo-terminal (also used by riden's tests) ------------------
+
+    /// CRC-16/MODBUS, the test's own (reflected 0xA001, init 0xFFFF), for scripted frames.
+    pub(in crate::power) fn crc16(data: &[u8]) -> u16 {
+        let mut crc: u16 = 0xffff;
+        for &b in data {
+            crc ^= u16::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xa001
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        crc
+    }
+
+    /// `frame` with its CRC, low byte first.
+    pub(in crate::power) fn rtu(frame: &[u8]) -> Vec<u8> {
+        let mut out = frame.to_vec();
+        out.extend_from_slice(&crc16(frame).to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn the_scripts_crc_is_modbus() {
+        // The catalogue check value, and the textbook "read register 0 of slave 1".
+        assert_eq!(crc16(b"123456789"), 0x4b37);
+        assert_eq!(
+            rtu(&[0x01, 0x03, 0x00, 0x00, 0x00, 0x01]),
+            [0x01, 0x03, 0x00, 0x00, 0x00, 0x01, 0x84, 0x0a]
+        );
+    }
+
+    /// The far end of a scripted serial port.
+    pub(in crate::power) struct Script {
+        pub path: PathBuf,
+        /// Held open so that the far end never sees a hang-up while the backend reopens.
+        _slave: std::os::fd::OwnedFd,
+        outcome: std::sync::mpsc::Receiver<Result<(), String>>,
+    }
+
+    impl Script {
+        /// How the far end fared: `Err` names the first request that differed.
+        pub fn outcome(&self) -> Result<(), String> {
+            self.outcome
+                .recv_timeout(std::time::Duration::from_secs(3))
+                .unwrap_or_else(|e| Err(format!("the script did not finish: {e}")))
+        }
+    }
+
+    fn show(bytes: &[u8]) -> String {
+        if bytes
+            .iter()
+            .all(|b| b.is_ascii_graphic() || b" \r\n".contains(b))
+        {
+            format!("{:?}", String::from_utf8_lossy(bytes))
+        } else {
+            format!("{bytes:02x?}")
+        }
+    }
+
+    /// A raw pseudo-terminal standing in for the supply's serial port: a thread on its far
+    /// end expects each request byte for byte and answers with its reply.
+    pub(in crate::power) fn scripted_port(script: Vec<(Vec<u8>, Vec<u8>)>) -> Script {
+        use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
+        use std::io::{Read, Write};
+        use std::os::fd::AsRawFd;
+
+        let pair = nix::pty::openpty(None, None).unwrap();
+        let mut t = tcgetattr(&pair.slave).unwrap();
+        cfmakeraw(&mut t);
+        tcsetattr(&pair.slave, SetArg::TCSANOW, &t).unwrap();
+        let path = std::fs::read_link(format!("/proc/self/fd/{}", pair.slave.as_raw_fd())).unwrap();
+        let mut far = std::fs::File::from(pair.master);
+        let (tx, outcome) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let play = || -> Result<(), String> {
+                for (request, reply) in script {
+                    // A byte at a time: never read into the next request.
+                    let mut got = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while got.len() < request.len() {
+                        far.read_exact(&mut byte).map_err(|e| e.to_string())?;
+                        got.push(byte[0]);
+                    }
+                    if got != request {
+                        return Err(format!("expected {}, got {}", show(&request), show(&got)));
+                    }
+                    far.write_all(&reply).map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            };
+            let _ = tx.send(play());
+            // Closing the far end would drop a reply not yet read: hold it until the near
+            // end is gone.
+            let mut byte = [0u8; 1];
+            while matches!(far.read(&mut byte), Ok(1..)) {}
+        });
+        Script {
+            path,
+            _slave: pair.slave,
+            outcome,
+        }
+    }
+
+    pub(in crate::power) fn supply_config(path: &std::path::Path) -> SupplyConfig {
+        SupplyConfig {
+            device: path.to_path_buf(),
+            baud: 9600,
+            address: 1,
+            voltage: 5.0,
+            current_limit: 1.0,
+            voltage_range: (0.0, 60.0),
+            max_current: 5.0,
+            profiles: Default::default(),
+        }
+    }
+
+    /// Runs `ops` against a supply on `script`, and fails with the far end's view if either
+    /// side went wrong.
+    async fn run(
+        protocol: DpmProtocol,
+        script: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> (PowerState, Measurement) {
+        let port = scripted_port(script);
+        let mut dpm = Dpm86xx::new(&supply_config(&port.path), protocol);
+        let result = async {
+            dpm.set_voltage(12.34).await?;
+            dpm.set_current_limit(2.0).await?;
+            let state = dpm.switch(true).await?;
+            let measurement = dpm.measure().await?;
+            Ok::<_, PowerError>((state, measurement))
+        }
+        .await;
+        let far_end = port.outcome();
+        let result = result.unwrap_or_else(|e| panic!("{e}; the far end: {far_end:?}"));
+        assert_eq!(far_end, Ok(()));
+        result
+    }
+
+    #[tokio::test]
+    async fn ascii_on_the_wire_is_the_documented_lines() {
+        // The doc's request forms, and its replies as given (no terminator).
+        let line = |s: &str| s.as_bytes().to_vec();
+        let (state, m) = run(
+            DpmProtocol::Ascii,
+            vec![
+                (line(":01w10=1234,\r\n"), line(":01ok")),
+                (line(":01w11=2000,\r\n"), line(":01ok")),
+                (line(":01w12=1,\r\n"), line(":01ok")),
+                (line(":01r12=0,\r\n"), line(":01r12=1.")),
+                (line(":01r30=0,\r\n"), line(":01r30=5339.")),
+                (line(":01r31=0,\r\n"), line(":01r31=1234.")),
+                (line(":01r33=0,\r\n"), line(":01r33=41.")),
+                (line(":01r12=0,\r\n"), line(":01r12=1.")),
+            ],
+        )
+        .await;
+        assert_eq!(state, PowerState::On);
+        assert_eq!(
+            (m.voltage, m.current, m.temperature, m.output_on),
+            (53.39, 1.234, Some(41.0), Some(true))
+        );
+    }
+
+    #[tokio::test]
+    async fn modbus_on_the_wire_is_the_documented_registers() {
+        // Write one register (0x06) is echoed; read (0x03) answers a byte count and words.
+        let write = |register: u16, value: u16| {
+            let [rh, rl] = register.to_be_bytes();
+            let [vh, vl] = value.to_be_bytes();
+            let frame = rtu(&[0x01, 0x06, rh, rl, vh, vl]);
+            (frame.clone(), frame)
+        };
+        let (state, m) = run(
+            DpmProtocol::Modbus,
+            vec![
+                // 0x0000 = 1234 (12.34 V), 0x0001 = 2000 (2.000 A), 0x0002 = 1.
+                write(0x0000, 1234),
+                write(0x0001, 2000),
+                write(0x0002, 1),
+                (
+                    rtu(&[0x01, 0x03, 0x00, 0x02, 0x00, 0x01]),
+                    rtu(&[0x01, 0x03, 0x02, 0x00, 0x01]),
+                ),
+                // 0x1001..0x1003: 5339 (53.39 V), 1234 (1.234 A), 41 °C.
+                (
+                    rtu(&[0x01, 0x03, 0x10, 0x01, 0x00, 0x03]),
+                    rtu(&[0x01, 0x03, 0x06, 0x14, 0xdb, 0x04, 0xd2, 0x00, 0x29]),
+                ),
+                (
+                    rtu(&[0x01, 0x03, 0x00, 0x02, 0x00, 0x01]),
+                    rtu(&[0x01, 0x03, 0x02, 0x00, 0x01]),
+                ),
+            ],
+        )
+        .await;
+        assert_eq!(state, PowerState::On);
+        assert_eq!(
+            (m.voltage, m.current, m.temperature, m.output_on),
+            (53.39, 1.234, Some(41.0), Some(true))
+        );
     }
 }

@@ -281,4 +281,121 @@ mod tests {
         assert_eq!(decode_status(Pms20, 0x21), PowerState::Off);
         assert_eq!(decode_status(Pms21, 0x11), PowerState::Unknown);
     }
+
+    #[test]
+    fn wire_constants_are_the_documented_ones() {
+        // docs/protocols/energenie-egpms.md: "Session" and "Values".
+        assert_eq!(START, 0x11);
+        assert_eq!((CTRL_ON, CTRL_OFF, CTRL_KEEP), (0x01, 0x02, 0x04));
+        // Socket 4 first on the wire: switching socket 1 is the last byte.
+        assert_eq!(control(1, true), [0x04, 0x04, 0x04, 0x01]);
+        assert_eq!(control(3, false), [0x04, 0x02, 0x04, 0x04]);
+    }
+
+    #[test]
+    fn status_values_are_the_documented_table() {
+        // "Values": (model, on, off, other values that still decode).
+        use EgpmsModel::*;
+        assert_eq!(
+            (encode_status(Pms20, true), encode_status(Pms20, false)),
+            (0x11, 0x22)
+        );
+        assert_eq!(
+            (encode_status(Pms21, true), encode_status(Pms21, false)),
+            (0x41, 0x82)
+        );
+        assert_eq!(
+            (encode_status(PmsWlan, true), encode_status(PmsWlan, false)),
+            (0x51, 0x92)
+        );
+        for (model, byte, state) in [
+            (Pms20, 0x11, PowerState::On),
+            (Pms20, 0x12, PowerState::On),
+            (Pms20, 0x22, PowerState::Off),
+            (Pms20, 0x21, PowerState::Off),
+            (Pms20, 0x41, PowerState::Unknown),
+            (Pms21, 0x41, PowerState::On),
+            (Pms21, 0x82, PowerState::Off),
+            (Pms21, 0x51, PowerState::Unknown),
+            (PmsWlan, 0x51, PowerState::On),
+            (PmsWlan, 0x92, PowerState::Off),
+            (PmsWlan, 0x82, PowerState::Unknown),
+        ] {
+            assert_eq!(decode_status(model, byte), state, "{model:?} {byte:#04x}");
+        }
+    }
+
+    /// A strip on a local port that plays `script`: it expects each client chunk byte for
+    /// byte and answers with the strip's chunk. Returns the port and the outcome: `Err` names
+    /// the first chunk that differed.
+    async fn scripted_strip(
+        script: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> (u16, tokio::task::JoinHandle<Result<(), String>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let strip = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.map_err(|e| e.to_string())?;
+            for (expected, answer) in script {
+                let mut got = vec![0u8; expected.len()];
+                let read =
+                    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut got)).await;
+                if !matches!(read, Ok(Ok(_))) || got != expected {
+                    return Err(format!("expected {expected:02x?}, got {got:02x?}"));
+                }
+                stream.write_all(&answer).await.map_err(|e| e.to_string())?;
+            }
+            // The client closes after its lone start byte.
+            let mut rest = Vec::new();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+            Ok(())
+        });
+        (port, strip)
+    }
+
+    fn strip(port: u16, outlet: u8, password: &[u8]) -> Strip {
+        Strip::new(EgpmsConfig {
+            host: "127.0.0.1".to_string(),
+            port,
+            outlet,
+            model: EgpmsModel::Pms20,
+            password: password.to_vec(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_switch_is_the_documented_bytes_on_the_wire() {
+        // The first vector: "hackme", task 01 02 03 04, answer f3 4a ed 42; the status
+        // s1..s4 = 11 22 11 22 is ae df ae df on the wire. Its control frame shows 04 -> c4,
+        // 02 -> ce; its status 22 -> ae, 11 -> df. Switching socket 1 off is plain 04 04 04 02
+        // (socket 4 first), so c4 c4 c4 ce; the strip then reports s1..s4 = 22 22 11 22,
+        // plain 22 11 22 22 on the wire, so ae df ae ae.
+        let (port, peer) = scripted_strip(vec![
+            (vec![0x11], vec![0x01, 0x02, 0x03, 0x04]),
+            (vec![0xf3, 0x4a, 0xed, 0x42], vec![0xae, 0xdf, 0xae, 0xdf]),
+            (vec![0xc4, 0xc4, 0xc4, 0xce], vec![0xae, 0xdf, 0xae, 0xae]),
+            (vec![0x11], vec![]),
+        ])
+        .await;
+        let result = strip(port, 1, b"hackme").switch(false).await;
+        assert_eq!(peer.await.unwrap(), Ok(()));
+        assert_eq!(result.unwrap(), PowerState::Off);
+    }
+
+    #[tokio::test]
+    async fn a_state_read_is_the_documented_bytes_on_the_wire() {
+        // The second vector: "1", task de ad be ef, answer 00 10 6f 31, status
+        // s1..s4 = 11 22 11 22 as da cf da cf: socket 3 is on, socket 4 off.
+        for (outlet, state) in [(3, PowerState::On), (4, PowerState::Off)] {
+            let (port, peer) = scripted_strip(vec![
+                (vec![0x11], vec![0xde, 0xad, 0xbe, 0xef]),
+                (vec![0x00, 0x10, 0x6f, 0x31], vec![0xda, 0xcf, 0xda, 0xcf]),
+                (vec![0x11], vec![]),
+            ])
+            .await;
+            let result = strip(port, outlet, b"1").state().await;
+            assert_eq!(peer.await.unwrap(), Ok(()));
+            assert_eq!(result.unwrap(), state, "outlet {outlet}");
+        }
+    }
 }

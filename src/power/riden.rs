@@ -171,4 +171,109 @@ mod tests {
         assert_eq!(scale(12345), None);
         assert_eq!(to_raw(5.1, 1000.0), 5100);
     }
+
+    use crate::power::dpm86xx::tests::{rtu, scripted_port, supply_config};
+
+    #[test]
+    fn register_numbers_are_the_documented_ones() {
+        // docs/protocols/power-supplies.md, the Riden register table.
+        assert_eq!(
+            [
+                reg::MODEL,
+                reg::VOLTAGE_SET,
+                reg::CURRENT_SET,
+                reg::VOLTAGE_OUT,
+                reg::CURRENT_OUT,
+                reg::OUTPUT
+            ],
+            [0, 8, 9, 10, 11, 18]
+        );
+    }
+
+    /// A write of one register (0x06) and its echo.
+    fn write(register: u16, value: u16) -> (Vec<u8>, Vec<u8>) {
+        let [rh, rl] = register.to_be_bytes();
+        let [vh, vl] = value.to_be_bytes();
+        let frame = rtu(&[0x01, 0x06, rh, rl, vh, vl]);
+        (frame.clone(), frame)
+    }
+
+    /// Reading register 0 and its answer, `model_id`.
+    fn model(model_id: u16) -> (Vec<u8>, Vec<u8>) {
+        let [h, l] = model_id.to_be_bytes();
+        (
+            rtu(&[0x01, 0x03, 0x00, 0x00, 0x00, 0x01]),
+            rtu(&[0x01, 0x03, 0x02, h, l]),
+        )
+    }
+
+    #[tokio::test]
+    async fn an_rd6006p_on_the_wire() {
+        // 60065 = 0xEAA1, the RD6006P: V/1000, I/10000.
+        let port = scripted_port(vec![
+            model(0xeaa1),
+            // 8 = 5100 (5.1 V), 9 = 10000 (1.0 A), 18 = 1.
+            write(8, 5100),
+            write(9, 10000),
+            write(18, 1),
+            (
+                rtu(&[0x01, 0x03, 0x00, 0x12, 0x00, 0x01]),
+                rtu(&[0x01, 0x03, 0x02, 0x00, 0x01]),
+            ),
+            // 8..=18: setpoints 5100, 10000; measured 5098 (5.098 V), 5100 (0.51 A); 12;
+            // 13 power; 14 input; 15; 16; 17 CV; 18 on.
+            (
+                rtu(&[0x01, 0x03, 0x00, 0x08, 0x00, 0x0b]),
+                rtu(&[
+                    0x01, 0x03, 0x16, 0x13, 0xec, 0x27, 0x10, 0x13, 0xea, 0x13, 0xec, 0x00, 0x00,
+                    0x01, 0x04, 0x09, 0x60, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01,
+                ]),
+            ),
+        ]);
+        let mut riden = Riden::new(&supply_config(&port.path));
+        let result = async {
+            riden.set_voltage(5.1).await?;
+            riden.set_current_limit(1.0).await?;
+            let state = riden.switch(true).await?;
+            let measurement = riden.measure().await?;
+            Ok::<_, PowerError>((state, measurement))
+        }
+        .await;
+        let far_end = port.outcome();
+        let (state, m) = result.unwrap_or_else(|e| panic!("{e}; the far end: {far_end:?}"));
+        assert_eq!(far_end, Ok(()));
+        assert_eq!(state, PowerState::On);
+        assert_eq!(
+            (m.voltage, m.current, m.temperature, m.output_on),
+            (5.098, 0.51, None, Some(true))
+        );
+    }
+
+    #[tokio::test]
+    async fn scaling_follows_the_model_id_on_the_wire() {
+        // 60061 = 0xEA9D (RD6006, V/100 I/1000), 60121 = 0xEAD9 (RD6012, V/100 I/100):
+        // 5.1 V and 1.5 A as (510, 1500) and (510, 150).
+        for (id, volts, amps) in [(0xea9d, 510, 1500), (0xead9, 510, 150)] {
+            let port = scripted_port(vec![model(id), write(8, volts), write(9, amps)]);
+            let mut riden = Riden::new(&supply_config(&port.path));
+            let result = async {
+                riden.set_voltage(5.1).await?;
+                riden.set_current_limit(1.5).await
+            }
+            .await;
+            let far_end = port.outcome();
+            result.unwrap_or_else(|e| panic!("{id}: {e}; the far end: {far_end:?}"));
+            assert_eq!(far_end, Ok(()), "{id}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unknown_model_gets_no_setpoint() {
+        // 60999 = 0xEE47 is in no table: refused after reading register 0, nothing written.
+        let port = scripted_port(vec![model(0xee47)]);
+        let mut riden = Riden::new(&supply_config(&port.path));
+        let result = riden.set_voltage(5.1).await;
+        assert_eq!(port.outcome(), Ok(()));
+        assert!(matches!(result, Err(PowerError::Refused(_))), "{result:?}");
+    }
 }

@@ -5,14 +5,23 @@
 //!
 //! Fault modes let tests break the wire on purpose: a silent supply, replies with a bad CRC,
 //! garbled ASCII replies.
+//!
+//! An independent witness for `crate::power::{dpm86xx, riden}` and their Modbus master: the
+//! wire facts live in this module's own children, written from
+//! `docs/protocols/power-supplies.md` and imported from nowhere else: Modbus RTU framing and
+//! CRC in [`modbus`], the DPM86xx ASCII function table, request parser and Modbus register map
+//! in [`dpm86xx`], the Riden register table and scaling in [`riden`]. A wrong register on
+//! either side therefore fails a test instead of passing on both.
+
+mod dpm86xx;
+mod modbus;
+mod riden;
 
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 
 use super::Events;
 use super::board::PowerInput;
-use crate::power::dpm86xx::{func, reg as dpm_reg};
-use crate::power::riden::{Scale, reg as riden_reg, scale};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -60,6 +69,11 @@ impl SupplyModel {
             (self.current_set * self.load_ohms, self.current_set)
         }
     }
+
+    /// Whether the current limit holds the output (constant current).
+    fn in_current_limit(&self) -> bool {
+        self.output && self.measured().1 >= self.current_set
+    }
 }
 
 pub type Shared = Arc<Mutex<SupplyModel>>;
@@ -95,16 +109,11 @@ pub fn serve(
         };
         buf.extend_from_slice(&chunk[..n]);
         loop {
-            let (used, reply) = match kind {
-                Kind::DpmAscii => ascii_step(&buf, address, &model, &events),
-                Kind::DpmModbus | Kind::Riden { .. } => {
-                    modbus_step(&buf, address, kind, &model, &events)
-                }
-            };
+            let (used, reply) = step(&buf, kind, address, &model, &events);
             if used == 0 {
                 break;
             }
-            buf.drain(..used);
+            buf.drain(..used.min(buf.len()));
             // The board follows the output (it ignores changes within the same range).
             if let (Some(board), Ok(m)) = (&board, model.lock()) {
                 board.set_power(m.measured().0);
@@ -123,6 +132,28 @@ pub fn serve(
     }
 }
 
+/// Handles the first complete request in `buf`: (bytes used, reply). Zero bytes used: the
+/// request is not complete yet.
+fn step(
+    buf: &[u8],
+    kind: Kind,
+    address: u8,
+    model: &Shared,
+    events: &Events,
+) -> (usize, Option<Vec<u8>>) {
+    match kind {
+        Kind::DpmAscii => dpm86xx::ascii_step(buf, address, model, events),
+        Kind::DpmModbus => modbus::step(buf, address, &dpm86xx::Registers, model, events),
+        Kind::Riden { model_id } => modbus::step(
+            buf,
+            address,
+            &riden::Registers::new(model_id),
+            model,
+            events,
+        ),
+    }
+}
+
 fn corrupt(reply: &mut Vec<u8>, kind: Kind) {
     match kind {
         Kind::DpmAscii => *reply = b"#\x7f?!\r\n".to_vec(),
@@ -131,101 +162,6 @@ fn corrupt(reply: &mut Vec<u8>, kind: Kind) {
                 *last ^= 0x5a;
             }
         }
-    }
-}
-
-/// CRC-16/MODBUS (poly 0xA001 reflected, init 0xFFFF), sent low byte first.
-pub fn crc16(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0xffff;
-    for &b in data {
-        crc ^= u16::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xa001
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    crc
-}
-
-fn with_crc(mut frame: Vec<u8>) -> Vec<u8> {
-    let crc = crc16(&frame);
-    frame.extend_from_slice(&crc.to_le_bytes());
-    frame
-}
-
-// ---- ASCII (DPM86xx "simple protocol") --------------------------------------------------------
-
-/// Handles one request line if `buf` holds a complete one: (bytes used, reply).
-fn ascii_step(
-    buf: &[u8],
-    address: u8,
-    model: &Shared,
-    events: &Events,
-) -> (usize, Option<Vec<u8>>) {
-    let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
-        // Cap garbage: a line this long is never a request.
-        return if buf.len() > 128 {
-            (buf.len(), None)
-        } else {
-            (0, None)
-        };
-    };
-    let line = String::from_utf8_lossy(&buf[..nl]).trim().to_string();
-    (nl + 1, ascii_request(&line, address, model, events))
-}
-
-fn ascii_request(line: &str, address: u8, model: &Shared, events: &Events) -> Option<Vec<u8>> {
-    // :AA[rw]FF=V[,V],
-    let rest = line.strip_prefix(':')?;
-    let addr: u8 = rest.get(..2)?.parse().ok()?;
-    if addr != address {
-        return None; // another unit's request: silence, as on a shared RS485 bus
-    }
-    let op = rest.as_bytes().get(2).copied()?;
-    let function: u8 = rest.get(3..5)?.parse().ok()?;
-    let values: Vec<u32> = rest
-        .get(6..)?
-        .split(',')
-        .filter(|v| !v.is_empty())
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .ok()?;
-    let mut m = model.lock().ok()?;
-    match op {
-        b'w' => {
-            let v = f64::from(*values.first()?);
-            match function {
-                func::VOLTAGE_SET => set_voltage(&mut m, v / 100.0, events),
-                func::CURRENT_SET => set_current(&mut m, v / 1000.0, events),
-                func::OUTPUT => set_output(&mut m, v != 0.0, events),
-                20 => {
-                    set_voltage(&mut m, v / 100.0, events);
-                    set_current(&mut m, f64::from(*values.get(1)?) / 1000.0, events);
-                }
-                _ => return None,
-            }
-            Some(format!(":{address:02}ok\r\n").into_bytes())
-        }
-        b'r' => {
-            let (mv, mi) = m.measured();
-            let value = match function {
-                0 => 6000,
-                1 => 5000,
-                func::VOLTAGE_SET => (m.voltage_set * 100.0).round() as u32,
-                func::CURRENT_SET => (m.current_set * 1000.0).round() as u32,
-                func::OUTPUT => u32::from(m.output),
-                func::VOLTAGE_OUT => (mv * 100.0).round() as u32,
-                func::CURRENT_OUT => (mi * 1000.0).round() as u32,
-                32 => u32::from(m.output && mi >= m.current_set),
-                func::TEMPERATURE => m.temperature.round() as u32,
-                _ => return None,
-            };
-            Some(format!(":{address:02}r{function:02}={value}.\r\n").into_bytes())
-        }
-        _ => None,
     }
 }
 
@@ -248,163 +184,24 @@ fn set_output(m: &mut SupplyModel, on: bool, events: &Events) {
     ));
 }
 
-// ---- Modbus RTU (DPM86xx and Riden) ------------------------------------------------------------
-
-fn modbus_step(
-    buf: &[u8],
-    address: u8,
-    kind: Kind,
-    model: &Shared,
-    events: &Events,
-) -> (usize, Option<Vec<u8>>) {
-    if buf.len() < 8 {
-        return (0, None);
-    }
-    let len = match buf[1] {
-        0x03 | 0x06 => 8,
-        0x10 => {
-            let n = 9 + usize::from(buf[6]);
-            if buf.len() < n {
-                return (0, None);
-            }
-            n
-        }
-        // Not a function we know: resynchronise byte by byte.
-        _ => return (1, None),
-    };
-    let frame = &buf[..len];
-    if crc16(&frame[..len - 2]).to_le_bytes() != [frame[len - 2], frame[len - 1]] {
-        return (1, None);
-    }
-    if frame[0] != address {
-        return (len, None);
-    }
-    let word = |i: usize| u16::from_be_bytes([frame[i], frame[i + 1]]);
-    let Ok(mut m) = model.lock() else {
-        return (len, None);
-    };
-    let reply = match frame[1] {
-        0x03 => {
-            let (start, count) = (word(2), word(4));
-            let mut out = vec![address, 0x03, (count * 2) as u8];
-            for r in start..start.saturating_add(count) {
-                match read_register(kind, &m, r) {
-                    Some(v) => out.extend_from_slice(&v.to_be_bytes()),
-                    None => return (len, Some(with_crc(vec![address, 0x83, 0x02]))),
-                }
-            }
-            out
-        }
-        0x06 => {
-            if !write_register(kind, &mut m, word(2), word(4), events) {
-                return (len, Some(with_crc(vec![address, 0x86, 0x02])));
-            }
-            frame[..6].to_vec()
-        }
-        _ => {
-            let (start, count) = (word(2), word(4));
-            for i in 0..count {
-                let v = word(7 + 2 * usize::from(i));
-                if !write_register(kind, &mut m, start + i, v, events) {
-                    return (len, Some(with_crc(vec![address, 0x90, 0x02])));
-                }
-            }
-            frame[..6].to_vec()
-        }
-    };
-    (len, Some(with_crc(reply)))
-}
-
-fn riden_scale(kind: Kind) -> Scale {
-    match kind {
-        Kind::Riden { model_id } => scale(model_id).unwrap_or(Scale {
-            volts: 100.0,
-            amps: 1000.0,
-        }),
-        _ => Scale {
-            volts: 100.0,
-            amps: 1000.0,
-        },
-    }
-}
-
+/// A value in the unit's raw steps (`per_unit` steps per volt or ampere), as a register holds
+/// it: rounded, and pinned to the register's range.
 fn raw(value: f64, per_unit: f64) -> u16 {
     (value * per_unit).round().clamp(0.0, 65535.0) as u16
-}
-
-fn read_register(kind: Kind, m: &SupplyModel, r: u16) -> Option<u16> {
-    let (mv, mi) = m.measured();
-    match kind {
-        Kind::Riden { model_id } => {
-            let s = riden_scale(kind);
-            Some(match r {
-                riden_reg::MODEL => model_id,
-                riden_reg::VOLTAGE_SET => raw(m.voltage_set, s.volts),
-                riden_reg::CURRENT_SET => raw(m.current_set, s.amps),
-                riden_reg::VOLTAGE_OUT => raw(mv, s.volts),
-                riden_reg::CURRENT_OUT => raw(mi, s.amps),
-                13 => raw(mv * mi, 100.0),
-                14 => 2400,
-                17 => u16::from(m.output && mi >= m.current_set),
-                riden_reg::OUTPUT => u16::from(m.output),
-                // The rest of the documented register block reads as zero.
-                1..=99 => 0,
-                _ => return None,
-            })
-        }
-        _ => Some(match r {
-            dpm_reg::VOLTAGE_SET => raw(m.voltage_set, 100.0),
-            dpm_reg::CURRENT_SET => raw(m.current_set, 1000.0),
-            dpm_reg::OUTPUT => u16::from(m.output),
-            0x1000 => {
-                if !m.output {
-                    0
-                } else if mi >= m.current_set {
-                    2
-                } else {
-                    1
-                }
-            }
-            dpm_reg::VOLTAGE_OUT => raw(mv, 100.0),
-            dpm_reg::CURRENT_OUT => raw(mi, 1000.0),
-            dpm_reg::TEMPERATURE => m.temperature.round() as u16,
-            _ => return None,
-        }),
-    }
-}
-
-fn write_register(kind: Kind, m: &mut SupplyModel, r: u16, v: u16, events: &Events) -> bool {
-    let v = f64::from(v);
-    match kind {
-        Kind::Riden { .. } => {
-            let s = riden_scale(kind);
-            match r {
-                riden_reg::VOLTAGE_SET => set_voltage(m, v / s.volts, events),
-                riden_reg::CURRENT_SET => set_current(m, v / s.amps, events),
-                riden_reg::OUTPUT => set_output(m, v != 0.0, events),
-                _ => return false,
-            }
-        }
-        _ => match r {
-            dpm_reg::VOLTAGE_SET => set_voltage(m, v / 100.0, events),
-            dpm_reg::CURRENT_SET => set_current(m, v / 1000.0, events),
-            dpm_reg::OUTPUT => set_output(m, v != 0.0, events),
-            _ => return false,
-        },
-    }
-    true
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn crc16_modbus_check_value() {
-        // The catalogue check value of CRC-16/MODBUS over "123456789".
-        assert_eq!(crc16(b"123456789"), 0x4b37);
-        // Read one holding register at 0 from slave 1: 01 03 00 00 00 01 84 0A.
-        assert_eq!(crc16(&[1, 3, 0, 0, 0, 1]).to_le_bytes(), [0x84, 0x0a]);
+    /// Events into a list, for tests of the front ends.
+    pub(super) fn recorder() -> (Events, Arc<Mutex<Vec<String>>>) {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let events = Events(Arc::new(move |line: &str| {
+            sink.lock().unwrap().push(line.to_string())
+        }));
+        (events, lines)
     }
 
     #[test]
@@ -418,7 +215,19 @@ mod tests {
         assert_eq!(m.measured(), (0.0, 0.0));
         m.output = true;
         assert_eq!(m.measured(), (5.0, 0.5));
+        assert!(!m.in_current_limit());
         m.current_set = 0.2;
         assert_eq!(m.measured(), (2.0, 0.2));
+        assert!(m.in_current_limit());
+    }
+
+    #[test]
+    fn fault_modes_break_replies() {
+        let mut modbus = vec![1, 3, 2, 0, 1, 0x79, 0x84];
+        corrupt(&mut modbus, Kind::DpmModbus);
+        assert_eq!(modbus, [1, 3, 2, 0, 1, 0x79, 0x84 ^ 0x5a]);
+        let mut ascii = b":01ok\r\n".to_vec();
+        corrupt(&mut ascii, Kind::DpmAscii);
+        assert_eq!(ascii, b"#\x7f?!\r\n");
     }
 }

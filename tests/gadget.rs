@@ -399,5 +399,8 @@ fn a_configfs_path_is_never_taken_for_the_folder_double() {
     let made: Vec<_> = std::fs::read_dir(folder.join("usb_gadget"))
         .unwrap()
         .collect();
-    assert!(made.is_empty(), "the folder was driven as configfs: {made:?}");
+    assert!(
+        made.is_empty(),
+        "the folder was driven as configfs: {made:?}"
+    );
 }

@@ -130,6 +130,26 @@ impl Bench {
     }
 }
 
+/// Field `n` (0-based) of /proc/PID/stat; `None` once the process is gone.
+fn stat_field(pid: i32, n: usize) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields 0 (pid) and 1 (comm) end with the closing parenthesis.
+    let after_name = stat.rsplit(')').next()?;
+    after_name.split_whitespace().nth(n - 2).map(str::to_string)
+}
+
+/// Whether a process of session `sid` runs the command line `cmdline` (NUL-separated).
+fn running_in_session(sid: &str, cmdline: &[u8]) -> bool {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .any(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == cmdline)
+                && stat_field(pid, 5).as_deref() == Some(sid)
+        })
+}
+
 #[test]
 fn boots_to_a_real_shell_and_goes_dark_on_power_loss() {
     let mut b = bench("rpi4-01");
@@ -174,10 +194,16 @@ fn boots_to_a_real_shell_and_goes_dark_on_power_loss() {
         .parse()
         .expect("pid");
 
-    // The shell owns its terminal: Ctrl-C interrupts the foreground job.
+    // The shell owns its terminal: Ctrl-C interrupts the foreground job, once it runs (a
+    // Ctrl-C before the fork would leave `sleep 30` to run its course).
     b.send("sleep 30\r");
     b.expect("sleep 30\r\n");
-    thread::sleep(Duration::from_millis(100));
+    let session = stat_field(job, 5).expect("the job's session");
+    let started_by = Instant::now() + PATIENCE;
+    while !running_in_session(&session, b"sleep\x0030\x00") {
+        assert!(Instant::now() < started_by, "`sleep 30` never started");
+        thread::sleep(Duration::from_millis(5));
+    }
     b.send("\x03");
     b.expect("root@rpi4-01:~# ");
 

@@ -2,12 +2,17 @@
 //!
 //! This is the table of contents of the daemon: the parts, and the gate every face passes.
 //! The faces (`bus/`, `pdu/`) are built from a `&Board` by the daemon; nothing here knows
-//! them. Building touches no hardware (starting never switches power); stopping leaves
-//! power as `on_stop` says.
+//! them. Building touches no hardware (starting never switches power); stopping takes no
+//! more calls from any face, then leaves power as `on_stop` says.
+
+mod liveness;
 
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tracing::{info, warn};
+
+pub use liveness::{Busy, Heartbeat, Liveness, owner_exists};
 
 use crate::access::{
     Access, AccessError, Caller, EndReason, Ended, FaceError, Gate, OnRelease, clip,
@@ -24,6 +29,12 @@ use crate::power::{Power, PowerError, PowerState, PowerStatus};
 /// timeout must be longer).
 const STOP_BUDGET: Duration = Duration::from_secs(20);
 
+/// The uid the daemon holds the board as while it stops: `(uid_t)-1`, which no user has, so
+/// its lease matches no caller of any face.
+const STOPPING_UID: u32 = u32::MAX;
+/// The holder label of that lease, as `Holder` and the audit show it.
+const STOPPING_HOLDER: &str = "rtmd (stopping)";
+
 /// The board's parts: what every face is built from. Each part is a cheap handle whose
 /// mutating calls take the gate's permit.
 pub struct Board {
@@ -38,6 +49,11 @@ pub struct Board {
     /// Who holds the board, checked for every change through every face; and the audit
     /// trail.
     pub gate: Gate,
+    /// Whether each owner task answers (the watchdog's question).
+    pub liveness: Liveness,
+    /// Turns true when the board stops: a face follows it to close its listeners
+    /// ([`Board::stopping`]).
+    stopping: watch::Sender<bool>,
 }
 
 impl Board {
@@ -111,6 +127,18 @@ impl Board {
             None => None,
         };
         spawn_lease_ends(ended, gate.clone(), power.clone());
+        // The owners that can say whether they answer. NBD, the image store and capture
+        // have no owner probe yet: their handles hold their own status senders.
+        let mut liveness = Liveness::default();
+        if let Some(p) = power.clone() {
+            liveness.watch("power", move || p.is_alive());
+        }
+        if let Some(c) = &console {
+            liveness.watch("console", owner_exists(c.subscribe_status()));
+        }
+        if let Some(s) = &storage {
+            liveness.watch("storage", owner_exists(s.subscribe()));
+        }
         Ok(Board {
             config,
             power,
@@ -120,6 +148,8 @@ impl Board {
             storage,
             capture,
             gate,
+            liveness,
+            stopping: watch::Sender::new(false),
         })
     }
 
@@ -159,13 +189,52 @@ impl Board {
         }
     }
 
-    /// True while every subsystem's owner task makes progress (feeds the watchdog).
-    pub fn is_alive(&self) -> bool {
-        self.power.as_ref().is_none_or(Power::is_alive)
+    /// The first part whose owner task does not answer, if any (the watchdog is fed only
+    /// while there is none).
+    pub fn stuck(&self) -> Option<&'static str> {
+        self.liveness.stuck()
     }
 
-    /// Stops fail-safe: with `on_stop = "off"` the board is switched off first.
+    /// Turns true when the board starts stopping: a face's accept loop selects on it to
+    /// close its listeners before the board is switched off.
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.stopping.subscribe()
+    }
+
+    /// From now on, every face's call is refused by the gate: the daemon holds the board
+    /// itself, as [`STOPPING_HOLDER`], under a uid no caller has. A board already held by
+    /// someone stays theirs (only their own calls pass, and the bus face is closed by then).
+    /// Without this, a `Power.On` through a face still open (the pdudaemon API) could land
+    /// after the `on_stop = "off"` switch and leave the board on.
+    fn refuse_callers(&self) {
+        let _ = self.stopping.send_replace(true);
+        let access = self.gate.access();
+        // Long enough to outlast the stop; never more than the config allows a lease.
+        let ttl = access.config().max_ttl.min(STOP_BUDGET * 3);
+        let result = match access.acquire(STOPPING_UID, STOPPING_HOLDER, ttl) {
+            Ok(_) => Ok(()),
+            Err(AccessError::Leased(lease)) => {
+                info!(
+                    subsystem = "access",
+                    "stopping while {:?} (uid {}) holds the board", lease.holder, lease.uid
+                );
+                return;
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        self.gate.record(
+            None,
+            "rtmd",
+            "Acquire",
+            &format!("{STOPPING_HOLDER:?}: the daemon stops"),
+            result,
+        );
+    }
+
+    /// Stops fail-safe: no face's call is taken any more, then recordings are finished,
+    /// storage and NBD stopped, and with `on_stop = "off"` the board is switched off.
     pub async fn stop(&self) {
+        self.refuse_callers();
         // Recordings are finalized (EOS through the muxer) so their files stay playable.
         if let Some(capture) = self.capture.clone() {
             let _ =

@@ -498,6 +498,23 @@ impl Cx<'_> {
     }
 }
 
+/// A path from the file, as the kernel will get it: not empty, and without NUL (a C string
+/// cannot carry one: opening it would fail at start, or a shorter path would be opened).
+fn path_text<'a>(cx: &Cx<'_>, v: &'a Spanned<String>, key: &str) -> Result<&'a str, ConfigError> {
+    let s = v.get_ref();
+    if s.is_empty() {
+        return Err(cx.at(v, format!("`{key}` must not be empty")));
+    }
+    if s.contains('\0') {
+        return Err(cx.at(v, format!("`{key}` must not contain a NUL character")));
+    }
+    Ok(s)
+}
+
+/// The longest path a unix socket can be bound to: `sun_path` holds 108 bytes, the last
+/// one the terminating NUL.
+pub const UNIX_PATH_MAX: usize = 107;
+
 /// Board names become part of a D-Bus name, a unit instance and paths under `/dev/rtm/`.
 pub fn valid_board_name(name: &str) -> bool {
     let mut chars = name.chars();
@@ -572,14 +589,14 @@ fn validate(
             let n = section.get_ref();
             let listen = socket_addr(cx, &n.listen, "listen")?.unwrap_or(NBD_DEFAULT_LISTEN);
             let uri_host = match &n.uri_host {
-                Some(h) if h.get_ref().is_empty() || h.get_ref().contains(['/', ' ']) => {
+                Some(h) if h.get_ref().is_empty() || h.get_ref().contains(['/', ' ', '\0']) => {
                     return Err(cx.at(h, "`uri_host` must be a host name or address"));
                 }
                 Some(h) => Some(h.get_ref().clone()),
                 None => None,
             };
             let overlay_dir = match &n.overlay_dir {
-                Some(d) if !Path::new(d.get_ref()).is_absolute() => {
+                Some(d) if !Path::new(path_text(cx, d, "overlay_dir")?).is_absolute() => {
                     return Err(cx.at(d, "`overlay_dir` must be an absolute path"));
                 }
                 Some(d) => Some(PathBuf::from(d.get_ref())),
@@ -743,12 +760,7 @@ fn socket_addr(cx: &Cx<'_>, v: &S<String>, key: &str) -> Result<Option<SocketAdd
 fn validate_images(cx: &Cx<'_>, section: &Spanned<RawImages>) -> Result<ImagesConfig, ConfigError> {
     let raw = section.get_ref();
     let base = cx.path.parent().unwrap_or(Path::new("."));
-    let path = |v: &Spanned<String>, key: &str| {
-        if v.get_ref().is_empty() {
-            return Err(cx.at(v, format!("{key} must not be empty")));
-        }
-        Ok(base.join(v.get_ref()))
-    };
+    let path = |v: &Spanned<String>, key: &str| Ok(base.join(path_text(cx, v, key)?));
     let dir = match &raw.dir {
         Some(v) => path(v, "dir")?,
         None => {
@@ -775,6 +787,9 @@ fn validate_capture(
             s,
             "a capture source must not be empty: a device, `sim:FILE` or a GStreamer pipeline",
         )),
+        Some(s) if s.get_ref().contains('\0') => {
+            Err(cx.at(s, "a capture source must not contain a NUL character"))
+        }
         Some(s) => Ok(Some(s.get_ref().trim().to_string())),
         None => Ok(None),
     };
@@ -784,9 +799,12 @@ fn validate_capture(
         return Err(cx.at(section, "[capture] needs `video`, `audio` or both"));
     }
     let dir = match &c.dir {
-        Some(d) if d.get_ref().is_empty() => return Err(cx.at(d, "`dir` must not be empty")),
         // Relative to the config file's folder, as [images] dir.
-        Some(d) => cx.path.parent().unwrap_or(Path::new(".")).join(d.get_ref()),
+        Some(d) => cx
+            .path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(path_text(cx, d, "dir")?),
         None => {
             return Err(cx.at(
                 section,
@@ -811,7 +829,7 @@ fn validate_capture(
 
 fn validate_storage(cx: &Cx<'_>, s: &RawStorage) -> Result<StorageConfig, ConfigError> {
     let udc = match &s.udc {
-        Some(v) if v.get_ref().is_empty() || v.get_ref().contains(['/', '\n']) => {
+        Some(v) if v.get_ref().is_empty() || v.get_ref().contains(['/', '\n', '\0']) => {
             return Err(cx.at(v, "`udc` must be a UDC name, as listed in /sys/class/udc"));
         }
         Some(v) => Some(v.get_ref().clone()),
@@ -839,7 +857,7 @@ fn validate_storage(cx: &Cx<'_>, s: &RawStorage) -> Result<StorageConfig, Config
         None => 20,
     };
     let absolute = |d: &Spanned<String>, key: &str| {
-        if Path::new(d.get_ref()).is_absolute() {
+        if Path::new(path_text(cx, d, key)?).is_absolute() {
             Ok(PathBuf::from(d.get_ref()))
         } else {
             Err(cx.at(d, format!("`{key}` must be an absolute path")))
@@ -896,6 +914,24 @@ fn validate_console(cx: &Cx<'_>, c: &RawConsole) -> Result<ConsoleConfig, Config
     {
         return Err(cx.at(v, "baud must be greater than 0"));
     }
+    let device = PathBuf::from(path_text(cx, &c.device, "device")?);
+    let unix = match &c.unix {
+        Some(v) if path_text(cx, v, "unix")?.len() > UNIX_PATH_MAX => {
+            return Err(cx.at(
+                v,
+                format!(
+                    "`unix` is {} bytes long; a unix socket path has at most {UNIX_PATH_MAX}",
+                    v.get_ref().len()
+                ),
+            ));
+        }
+        Some(v) => Some(PathBuf::from(v.get_ref())),
+        None => None,
+    };
+    let log_dir = match &c.log_dir {
+        Some(v) => Some(PathBuf::from(path_text(cx, v, "log_dir")?)),
+        None => None,
+    };
     let tcp = socket_addr(cx, &c.tcp, "tcp")?;
     let tcp_raw = socket_addr(cx, &c.tcp_raw, "tcp_raw")?;
     if let (Some(a), Some(b), Some(v)) = (tcp, tcp_raw, &c.tcp_raw)
@@ -922,7 +958,7 @@ fn validate_console(cx: &Cx<'_>, c: &RawConsole) -> Result<ConsoleConfig, Config
         return Err(cx.at(v, "client_buffer_kib must be between 16 and 1048576"));
     }
     Ok(ConsoleConfig {
-        device: PathBuf::from(c.device.get_ref()),
+        device,
         baud: c.baud.as_ref().map_or(115_200, |v| *v.get_ref()),
         data_bits,
         parity: choose(
@@ -950,8 +986,8 @@ fn validate_console(cx: &Cx<'_>, c: &RawConsole) -> Result<ConsoleConfig, Config
         )?,
         tcp,
         tcp_raw,
-        unix: c.unix.as_ref().map(|v| PathBuf::from(v.get_ref())),
-        log_dir: c.log_dir.as_ref().map(|v| PathBuf::from(v.get_ref())),
+        unix,
+        log_dir,
         log_max_bytes,
         log_keep: c.log_keep.as_ref().map_or(4, |v| *v.get_ref()),
         input: choose(

@@ -4,6 +4,11 @@
 //! pseudo-terminal, fed by a simulated lab supply on another (`config/demo.toml`), picks a bus
 //! (the one asked for; else the session bus if one answers; else a private `dbus-daemon` it
 //! starts and prints), and runs the ordinary daemon on it.
+//!
+//! Its console's telnet port is on loopback without any check of who connects, so every local
+//! user can log in to the simulated board: the board's shell never runs with the demo's
+//! privileges (as `nobody` when the demo runs as root, `src/sim/board.rs`), and the demo says
+//! so when it starts.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -59,6 +64,10 @@ struct Demo {
 async fn prepare(bus: Option<BusChoice>) -> Result<Demo, String> {
     let dir = std::env::temp_dir().join(format!("rtmd-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    // Searchable, not listable, by other users: the board's shell (nobody, when the demo
+    // runs as root) lives in a folder inside, whatever the umask.
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))
+        .map_err(|e| format!("cannot open up {}: {e}", dir.display()))?;
 
     // The board: its console on one pseudo-terminal, fed by the supply on another.
     let pty_error = |e: std::io::Error| format!("cannot create a pseudo-terminal: {e}");
@@ -121,6 +130,7 @@ async fn prepare(bus: Option<BusChoice>) -> Result<Demo, String> {
     println!(
         "                     rtmctl capture snapshot; rtmctl capture tone 1000   (once booted)"
     );
+    println!("{}", who_reaches_the_console());
     println!("  stop with Ctrl-C (the demo switches the board off as it stops)");
     Ok(Demo {
         dir,
@@ -131,6 +141,22 @@ async fn prepare(bus: Option<BusChoice>) -> Result<Demo, String> {
         _console: console,
         _board: board,
     })
+}
+
+/// The demo's one line about its console: who can reach it, and what they get.
+fn who_reaches_the_console() -> String {
+    let user = if nix::unistd::geteuid().is_root() {
+        "nobody".to_string()
+    } else {
+        nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .ok()
+            .flatten()
+            .map_or_else(|| "you".to_string(), |u| u.name)
+    };
+    format!(
+        "  note: every local user can reach the board's console (telnet on loopback, see the \
+         property TcpAddress); its shell runs as {user}"
+    )
 }
 
 async fn session_bus_answers() -> bool {

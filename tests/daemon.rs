@@ -89,20 +89,40 @@ fn a_bad_config_stops_the_start_with_status_2() {
     );
 }
 
+/// A second rtmd for a board already served names the first one's pid, and touches
+/// nothing: no port bound (it would have failed on the console's port first), no partial
+/// download of the first one's removed.
 #[test]
 fn a_second_daemon_for_the_same_board_is_refused() {
     let bus = Bus::start();
-    let config = "name = \"rpi4-01\"\n[power]\nbackend = \"command\"\non_command = \"true\"\noff_command = \"true\"\n";
-    let first = Daemon::start(&bus, config);
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "name = \"rpi4-01\"\n[power]\nbackend = \"command\"\non_command = \"true\"\n\
+         off_command = \"true\"\n[console]\ndevice = \"{d}/no-console\"\ntcp = \"{port}\"\n\
+         [images]\ndir = \"{d}/images\"\n",
+        d = dir.path().display(),
+        port = free_port()
+    );
+    let first = Daemon::start_in(&bus, &config, dir);
+    let partial = first.dir.path().join("images/.rtmd/partial/fetch-1.part");
+    std::fs::write(&partial, b"half an image").unwrap();
     let path = first.dir.path().join("board.toml");
     let mut second = Daemon::spawn(&bus.address, &path);
     assert_eq!(second.wait().code(), Some(1));
+    let errors = second.matching("ERROR");
+    assert_eq!(errors.len(), 1, "{}", second.text());
+    assert_eq!(
+        log_message(&errors[0]),
+        format!(
+            "board rpi4-01 is already served by pid {} (it owns org.rtmd.Dut1.rpi4_01 on the bus \
+             at {})",
+            first.proc.child.id(),
+            bus.address
+        )
+    );
     assert!(
-        second.text().contains(
-            "another rtmd already serves board rpi4-01: the bus name org.rtmd.Dut1.rpi4_01 is taken"
-        ),
-        "{}",
-        second.text()
+        partial.exists(),
+        "the second rtmd removed the first one's partial download"
     );
     // The first one still answers, under both spellings of its name.
     assert_eq!(
@@ -489,4 +509,327 @@ with open(sys.argv[1], "ab", buffering=0) as out:
     // Nothing went to stderr instead.
     assert!(!rtmd.text().contains("ready on"), "{}", rtmd.text());
     assert!(rtmd.is_running());
+}
+
+/// A private bus whose broker the test can stop (the one in `common` stops only when
+/// dropped).
+fn own_bus(dir: &std::path::Path) -> (Proc, String) {
+    require("dbus-daemon");
+    let mut cmd = Command::new("dbus-daemon");
+    cmd.args(["--session", "--nofork", "--nopidfile", "--print-address=1"])
+        .arg(format!("--address=unix:path={}/bus", dir.display()));
+    let proc = Proc::spawn("dbus-daemon", cmd, true);
+    let address = proc.wait_line("unix:path=").trim().to_string();
+    (proc, address)
+}
+
+/// Losing the bus connection (the broker drops rtmd, or stops) ends the daemon with status 1,
+/// so that systemd restarts it, instead of leaving it alive, watchdog fed, and gone from the
+/// bus. It stops the board as on SIGTERM (here `on_stop = "off"`).
+#[test]
+fn losing_the_bus_connection_exits_1_after_stopping_the_board() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut broker, address) = own_bus(dir.path());
+    let log = dir.path().join("switched");
+    let path = dir.path().join("board.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "name = \"lost-1\"\n[power]\nbackend = \"command\"\non_command = \"echo on >> {l}\"\n\
+             off_command = \"echo off >> {l}\"\non_stop = \"off\"\n",
+            l = log.display()
+        ),
+    )
+    .unwrap();
+    let mut rtmd = Daemon::spawn(&address, &path);
+    rtmd.wait_line("ready on");
+    broker.child.kill().unwrap();
+    broker.child.wait().unwrap();
+    assert_eq!(rtmd.wait().code(), Some(1), "{}", rtmd.text());
+    let errors = rtmd.matching("ERROR");
+    assert_eq!(errors.len(), 1, "{}", rtmd.text());
+    assert_eq!(
+        log_message(&errors[0]),
+        format!("lost the connection to the bus at {address}: stopping, to be restarted")
+    );
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "off\n");
+}
+
+/// Stopping takes no call any more before it switches the board off: a `Power.On` sent while
+/// the `on_stop = "off"` switch is under way, over D-Bus or the pdudaemon API, is refused and
+/// never reaches the hardware, so the board stays off.
+#[test]
+fn a_late_power_on_cannot_undo_on_stop_off() {
+    require("curl");
+    require("mkfifo");
+    let bus = Bus::start();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("switched");
+    let gate = dir.path().join("gate");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&gate)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let http = free_port();
+    // The off command says it started, then waits for the test to let it finish.
+    let config = format!(
+        "name = \"late-1\"\n[power]\nbackend = \"command\"\non_command = \"echo on >> {l}\"\n\
+         off_command = \"echo off >> {l} && read x < {g}\"\non_stop = \"off\"\ntimeout_ms = 60000\n\
+         [pdudaemon_api]\nlisten = \"{http}\"\n",
+        l = log.display(),
+        g = gate.display()
+    );
+    let mut d = Daemon::start(&bus, &config);
+    assert_eq!(ok_line(&d.rtmctl(&["power", "on"])), "late-1: power on");
+    let pid = d.proc.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    eventually("the on_stop switch started", || {
+        std::fs::read_to_string(&log).unwrap_or_default() == "on\noff\n"
+    });
+
+    // D-Bus: the board's name is gone.
+    let line = err_line(&d.rtmctl(&["power", "on"]), 1);
+    assert!(line.contains("no rtmd serves board late-1"), "{line}");
+    // The pdudaemon API: refused, as the daemon holds the board while it stops (or no longer
+    // listening: curl's 000), never executed.
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}"])
+        .arg(format!(
+            "http://127.0.0.1:{http}/power/control/on?hostname=late-1&port=1"
+        ))
+        .output()
+        .unwrap();
+    let answer = text(&out.stdout);
+    assert!(
+        answer == "\n000" || (answer.ends_with("\n403") && answer.contains("\"rtmd (stopping)\"")),
+        "{answer}"
+    );
+
+    std::fs::write(&gate, "done\n").unwrap();
+    assert!(d.proc.wait().success(), "{}", d.proc.text());
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "on\noff\n");
+    assert!(
+        d.proc.text().contains("power switched off (on_stop = off)"),
+        "{}",
+        d.proc.text()
+    );
+}
+
+/// rtmd raises its soft limit of open files to the hard one at start (the unit sets the hard
+/// one, `LimitNOFILE=`): 1,024 descriptors are not a budget for a daemon with several front
+/// ends.
+#[test]
+fn the_open_files_limit_is_raised_to_the_hard_limit() {
+    require("prlimit");
+    let bus = Bus::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("board.toml");
+    std::fs::write(&path, "name = \"fds-1\"\n").unwrap();
+    // prlimit sets the limits and execs rtmd: same pid.
+    let mut cmd = Command::new("prlimit");
+    cmd.arg("--nofile=256:4096")
+        .arg(bin("rtmd"))
+        .arg("--config")
+        .arg(&path)
+        .args(["--bus-address", &bus.address, "--log", "stderr"]);
+    let mut rtmd = Proc::spawn("rtmd", cmd, true);
+    rtmd.wait_line("ready on");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", rtmd.child.id())).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert_eq!(
+        open_files.split_whitespace().collect::<Vec<_>>(),
+        ["Max", "open", "files", "4096", "4096", "files"]
+    );
+    assert!(
+        rtmd.text()
+            .contains("open files limit raised from 256 to 4096"),
+        "{}",
+        rtmd.text()
+    );
+    assert!(rtmd.signal_and_wait("TERM").success());
+}
+
+/// The configs `--check` accepts start: the shipped examples (their devices, ports and
+/// folders moved into a temporary folder) and configs at the edges of every bound `--check`
+/// applies (the largest periods, the longest unix socket path, setpoints at the registers'
+/// limits). Each must reach READY and stop cleanly.
+#[test]
+fn every_config_check_accepts_starts() {
+    let bus = Bus::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let mut corpus: Vec<(String, String)> = Vec::new();
+    for example in std::fs::read_dir("config").unwrap() {
+        let path = example.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") || path.ends_with("demo.toml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("/var/log/rtmd", &format!("{d}/log"))
+            .replace("/var/lib/rtmd", &format!("{d}/lib"))
+            .replace("/dev/rtm", &format!("{d}/dev"))
+            .replace("/etc/rtmd", &format!("{d}/etc"))
+            .replace("127.0.0.1:2000", "127.0.0.1:0")
+            .replace("127.0.0.1:10809", "127.0.0.1:0");
+        corpus.push((path.display().to_string(), text));
+    }
+    let supply = |backend: &str, range: &str, amps: &str, extra: &str| {
+        format!(
+            "name = \"edge-1\"\n[power]\nbackend = \"{backend}\"\ndevice = \"{d}/psu\"\n\
+             voltage = 5.0\ncurrent_limit = 1.0\nmax_current = {amps}\nvoltage_range = {range}\n\
+             {extra}"
+        )
+    };
+    let unix = format!("{d}/{}", "s".repeat(107 - d.len() - 1));
+    for (name, text) in [
+        (
+            "dpm86xx at its registers' limits, slowest periods",
+            supply(
+                "dpm86xx",
+                "[0.0, 655.35]",
+                "65.535",
+                "poll_ms = 3600000\ncycle_off_ms = 600000\ntimeout_ms = 300000\n\
+                 retry_backoff_ms = 60000\nretries = 10\n",
+            ),
+        ),
+        (
+            "riden at its registers' limits, fastest periods",
+            supply(
+                "riden",
+                "[0.0, 65.535]",
+                "655.35",
+                "poll_ms = 100\ncycle_off_ms = 1\ntimeout_ms = 1\nretry_backoff_ms = 0\n",
+            ),
+        ),
+        (
+            "a unix socket path of 107 bytes",
+            format!("name = \"edge-2\"\n[console]\ndevice = \"{d}/console\"\nunix = \"{unix}\"\n"),
+        ),
+    ] {
+        corpus.push((name.to_string(), text));
+    }
+    for (name, text) in corpus {
+        let path = dir.path().join("board.toml");
+        std::fs::write(&path, &text).unwrap();
+        let out = rtmd_check(&path);
+        assert!(out.status.success(), "{name}: {}", text_of(&out));
+        let mut rtmd = Daemon::spawn(&bus.address, &path);
+        rtmd.wait_line("ready on");
+        assert!(
+            rtmd.signal_and_wait("TERM").success(),
+            "{name}: {}",
+            rtmd.text()
+        );
+    }
+}
+
+fn text_of(out: &std::process::Output) -> String {
+    format!("{}{}", text(&out.stdout), text(&out.stderr))
+}
+
+/// `rtmd --demo` run as root (as the README says): a local user who is not root, reaching
+/// the board's console through the demo's loopback telnet port and logging in, gets a shell
+/// that is not root's.
+#[test]
+fn the_demo_boards_shell_is_not_root_for_a_console_client() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test checks what the demo run as root hands out: run the suite as root"
+    );
+    require("setpriv");
+    require("socat");
+    let mut cmd = Command::new(bin("rtmd"));
+    cmd.args(["--demo", "--log", "stderr"])
+        .env_remove("DBUS_SESSION_BUS_ADDRESS");
+    let mut demo = Proc::spawn("rtmd --demo", cmd, true);
+    let line = demo.wait_line("export RTM_BUS_ADDRESS=");
+    let address = line
+        .split("RTM_BUS_ADDRESS=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        demo.wait_line("every local user can reach the board's console")
+            .ends_with("its shell runs as nobody"),
+        "{}",
+        demo.text()
+    );
+    demo.wait_line("ready on");
+    let power = Command::new(bin("rtmctl"))
+        .args(["--bus-address", &address, "--dut", "demo", "power", "on"])
+        .output()
+        .unwrap();
+    assert_eq!(ok_line(&power), "demo: power on");
+    let out = wait_for_call(&address, "demo", "demo login: ", 20000)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let tcp = busctl(
+        &address,
+        &[
+            "get-property",
+            "org.rtmd.Dut1.demo",
+            "/org/rtmd/Dut1",
+            "org.rtmd.Dut1.Console",
+            "TcpAddress",
+        ],
+    );
+    let tcp = text(&tcp.stdout);
+    let tcp = tcp.trim().trim_start_matches("s ").trim_matches('"');
+    let mut client = Command::new("setpriv");
+    client
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "socat",
+            "-",
+        ])
+        .arg(format!("TCP:{tcp}"));
+    let mut client = Proc::spawn_stdin("socat as nobody", client);
+    // Keys typed with the user name are the shell's first input (the prompt ends no line).
+    client.send("root\r\nid\r\n");
+    let id = client.wait_line("uid=");
+    assert!(id.contains("uid=65534(nobody)"), "{id}");
+    assert!(!id.contains("(root)"), "{id}");
+    drop(client);
+    assert!(demo.signal_and_wait("INT").success());
+}
+
+/// The harness's `free_port` never hands out a port twice, from any thread, and each one is
+/// free when handed out (the kernel's own pick, port 0, could repeat once closed).
+#[test]
+fn free_port_hands_out_each_port_once() {
+    let threads: Vec<_> = (0..4)
+        .map(|_| std::thread::spawn(|| (0..100).map(|_| free_port()).collect::<Vec<_>>()))
+        .collect();
+    let mut ports: Vec<u16> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    for p in &ports {
+        assert!(
+            std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok(),
+            "{p}"
+        );
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), 400);
 }

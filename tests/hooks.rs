@@ -56,6 +56,7 @@ impl SessionProxy {
             let mut open: Vec<Session> = Vec::new();
             while !shared.stop.load(Ordering::Relaxed) {
                 pump(&mut open);
+                wait_readable(&listener, &open);
                 match listener.accept() {
                     Ok((client, _)) => {
                         pump(&mut open);
@@ -73,9 +74,7 @@ impl SessionProxy {
                         shared.total.fetch_add(1, Ordering::Relaxed);
                         shared.max_open.fetch_max(open.len(), Ordering::Relaxed);
                     }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                     Err(e) => panic!("proxy accept: {e}"),
                 }
             }
@@ -96,6 +95,29 @@ impl Drop for SessionProxy {
     fn drop(&mut self) {
         self.sessions.stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// Waits until the listener or a session has something to read (a connection, bytes, an
+/// EOF). The timeout only lets the thread see `stop`.
+fn wait_readable(listener: &TcpListener, open: &[Session]) {
+    use std::os::fd::AsRawFd;
+    let mut fds: Vec<nix::libc::pollfd> = std::iter::once(listener.as_raw_fd())
+        .chain(open.iter().map(|s| s.client.as_raw_fd()))
+        // A strip side at EOF stays readable: watching it would spin.
+        .chain(
+            open.iter()
+                .filter(|s| !s.strip_done)
+                .map(|s| s.strip.as_raw_fd()),
+        )
+        .map(|fd| nix::libc::pollfd {
+            fd,
+            events: nix::libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: poll reads and writes `fds.len()` pollfd structs in the vector, which
+    // outlives the call.
+    unsafe { nix::libc::poll(fds.as_mut_ptr(), fds.len() as nix::libc::nfds_t, 100) };
 }
 
 /// Moves what is waiting in both directions of every session; drops the sessions rtmd closed.
@@ -369,8 +391,23 @@ fn every_profile_hook_prints_one_line() {
     assert!(line.starts_with(&format!("rtmctl: {BOARD}: ")), "{line}");
     assert!(out.stdout.is_empty());
     println!("rtmctl power profile brownout: {line}");
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(supply.matching("set voltage").len(), 4, "{}", supply.text());
+    // Nothing of it reached the supply: the next setpoint is the fifth thing the supply sees.
+    // Requests reach it in order, so anything the refused call had sent would come first.
+    assert_eq!(
+        ok_line(&rtmctl(&bus.address, &["power", "profile", "low"])),
+        format!("{BOARD}: profile low, 4.60 V")
+    );
+    let seen: Vec<String> = supply
+        .wait_lines("set voltage", 5)
+        .iter()
+        .map(|l| l.rsplit("set voltage ").next().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        seen,
+        ["4.60", "5.10", "5.60", "5.10", "4.60"],
+        "{}",
+        supply.text()
+    );
     drop(daemon);
 }
 
@@ -380,10 +417,7 @@ fn every_profile_hook_prints_one_line() {
 #[test]
 fn failing_power_hooks_print_one_line_and_exit_1_with_the_defaults() {
     // No strip at the address: connections are refused.
-    let port = {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let bus = Bus::start();
     let mut daemon = Daemon::start(&bus, &egpms_config(port, ""));
     daemon.proc.wait_line("cannot read the initial state");

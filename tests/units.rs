@@ -282,6 +282,7 @@ fn unit_keeps_the_contract_settings() {
         "LogsDirectory=rtmd/%i",
         "ProtectSystem=strict",
         "DevicePolicy=closed",
+        "LimitNOFILE=16384",
     ] {
         assert!(settings.contains(&wanted), "{UNIT} lacks `{wanted}`");
     }

@@ -108,6 +108,7 @@ mod storage;
 use std::time::Duration;
 
 use zbus::connection::Builder;
+use zbus::fdo::{RequestNameFlags, RequestNameReply};
 use zbus::{Connection, DBusError};
 
 use crate::board::Board;
@@ -200,9 +201,11 @@ impl From<PowerError> for Error {
 /// Why the daemon could not take its place on the bus.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("another rtmd already serves board {board}: the bus name {name} is taken on {bus}")]
+    #[error("board {board} is already served by {owner} (it owns {name} on {bus})")]
     NameTaken {
         board: String,
+        /// "pid N", as the bus says; or "another process" if it would not say.
+        owner: String,
         name: String,
         bus: String,
     },
@@ -210,65 +213,142 @@ pub enum ConnectError {
     Bus { bus: String, source: zbus::Error },
 }
 
-/// Connects, serves the board's interfaces at [`PATH`] and takes its names. Also owns the
-/// name spelled with the board name verbatim (`-` is valid in bus names), so a systemd
-/// template's `BusName=org.rtmd.Dut1.%i` is exact for every board.
-pub async fn serve(bus: &BusChoice, board: &Board) -> Result<Connection, ConnectError> {
-    let name = bus_name(board.name());
-    let verbatim = format!("{INTERFACE}.{}", board.name());
+/// Connects and takes the board's names, before anything else of the board exists: a
+/// second rtmd for a board already served stops here, having bound no port and touched no
+/// file. Also takes the name spelled with the board name verbatim (`-` is valid in bus
+/// names), so a systemd template's `BusName=org.rtmd.Dut1.%i` is exact for every board.
+///
+/// The object server runs from the start, so a call that arrives before [`serve`] has
+/// registered the interfaces is answered (`UnknownObject`), not left without a reply.
+pub async fn claim(bus: &BusChoice, board: &str) -> Result<Connection, ConnectError> {
     let fail = |source| ConnectError::Bus {
         bus: bus.describe(),
         source,
     };
+    let connection = bus.builder().build().await.map_err(fail)?;
+    let _ = connection.object_server();
+    let name = bus_name(board);
+    let verbatim = format!("{INTERFACE}.{board}");
+    let mut names = vec![name.clone()];
+    if verbatim != name {
+        names.push(verbatim);
+    }
+    for n in &names {
+        // Neither replacing an owner nor letting us be replaced, and no queueing: zbus's
+        // defaults would let a second instance silently steal the names.
+        let reply = connection
+            .request_name_with_flags(n.as_str(), RequestNameFlags::DO_NOT_QUEUE)
+            .await;
+        match reply {
+            Ok(RequestNameReply::PrimaryOwner | RequestNameReply::AlreadyOwner) => {}
+            Ok(RequestNameReply::Exists | RequestNameReply::InQueue)
+            | Err(zbus::Error::NameTaken) => {
+                return Err(ConnectError::NameTaken {
+                    board: board.to_string(),
+                    owner: owner_of(&connection, n).await,
+                    name: n.clone(),
+                    bus: bus.describe(),
+                });
+            }
+            Err(e) => return Err(fail(e)),
+        }
+    }
+    Ok(connection)
+}
+
+/// Who owns `name`: "pid N" as the bus knows it.
+async fn owner_of(connection: &Connection, name: &str) -> String {
+    let pid = async {
+        let proxy = zbus::fdo::DBusProxy::new(connection).await.ok()?;
+        let name = zbus::names::BusName::try_from(name).ok()?;
+        proxy.get_connection_unix_process_id(name).await.ok()
+    };
+    match pid.await {
+        Some(pid) => format!("pid {pid}"),
+        None => "another process".to_string(),
+    }
+}
+
+/// Serves the board's interfaces at [`PATH`] on a connection from [`claim`], and their
+/// change signals.
+pub async fn serve(
+    connection: &Connection,
+    bus: &BusChoice,
+    board: &Board,
+) -> Result<(), ConnectError> {
+    let fail = |source| ConnectError::Bus {
+        bus: bus.describe(),
+        source,
+    };
+    let server = connection.object_server();
     let gate = BusGate::new(board.gate.clone());
-    let dut = Dut::new(board.name(), board.subsystems(), board.gate.clone());
-    let mut builder = bus.builder().serve_at(PATH, dut);
+    server
+        .at(
+            PATH,
+            Dut::new(board.name(), board.subsystems(), board.gate.clone()),
+        )
+        .await
+        .map_err(fail)?;
     if let Some(p) = &board.power {
-        builder = builder.serve_at(PATH, power::PowerIface::new(p.clone(), gate.clone()));
+        server
+            .at(PATH, power::PowerIface::new(p.clone(), gate.clone()))
+            .await
+            .map_err(fail)?;
     }
     if let Some(c) = &board.console {
-        builder = builder.serve_at(PATH, console::ConsoleIface::new(c.clone(), gate.clone()));
+        server
+            .at(PATH, console::ConsoleIface::new(c.clone(), gate.clone()))
+            .await
+            .map_err(fail)?;
     }
     if let Some(s) = &board.images {
-        builder = builder.serve_at(PATH, images::ImagesIface::new(s.clone(), gate.clone()));
+        server
+            .at(PATH, images::ImagesIface::new(s.clone(), gate.clone()))
+            .await
+            .map_err(fail)?;
         if let Some(n) = &board.nbd {
-            builder =
-                builder.serve_at(PATH, nbd::NbdIface::new(n.clone(), s.clone(), gate.clone()));
+            server
+                .at(PATH, nbd::NbdIface::new(n.clone(), s.clone(), gate.clone()))
+                .await
+                .map_err(fail)?;
         }
         if let Some(g) = &board.storage {
-            builder = builder.serve_at(
-                PATH,
-                storage::StorageIface::new(g.clone(), s.clone(), gate.clone()),
-            );
+            server
+                .at(
+                    PATH,
+                    storage::StorageIface::new(g.clone(), s.clone(), gate.clone()),
+                )
+                .await
+                .map_err(fail)?;
             if g.has_keyboard() {
-                builder =
-                    builder.serve_at(PATH, keyboard::KeyboardIface::new(g.clone(), gate.clone()));
+                server
+                    .at(PATH, keyboard::KeyboardIface::new(g.clone(), gate.clone()))
+                    .await
+                    .map_err(fail)?;
             }
         }
     }
     if let Some(c) = &board.capture {
-        builder = builder.serve_at(PATH, capture::CaptureIface::new(c.clone(), gate.clone()));
+        server
+            .at(PATH, capture::CaptureIface::new(c.clone(), gate.clone()))
+            .await
+            .map_err(fail)?;
     }
-    builder = builder
-        .name(name.clone())
-        // zbus's defaults let a second instance silently steal the names.
-        .allow_name_replacements(false)
-        .replace_existing_names(false);
-    if verbatim != name {
-        builder = builder.name(verbatim);
+    spawn_change_signals(connection, board).await.map_err(fail)
+}
+
+/// Stops taking calls: gives the names back (a caller now hears that no rtmd serves the
+/// board, and the next instance may take them) and closes the connection, so nothing
+/// already queued on it is dispatched. Calls already running finish on their own.
+pub async fn withdraw(connection: Connection, board: &str) {
+    let name = bus_name(board);
+    let verbatim = format!("{INTERFACE}.{board}");
+    for n in [name.as_str(), verbatim.as_str()] {
+        if let Ok(n) = zbus::names::WellKnownName::try_from(n) {
+            let _ = connection.release_name(n).await;
+        }
     }
-    let connection = builder.build().await.map_err(|e| match e {
-        zbus::Error::NameTaken => ConnectError::NameTaken {
-            board: board.name().to_string(),
-            name: name.clone(),
-            bus: bus.describe(),
-        },
-        other => fail(other),
-    })?;
-    spawn_change_signals(&connection, board)
-        .await
-        .map_err(fail)?;
-    Ok(connection)
+    let _ = connection.close().await;
 }
 
 /// Every interface's `PropertiesChanged` sender.

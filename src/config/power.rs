@@ -246,15 +246,92 @@ pub(super) fn validate(
     backend_config(cx, common, backend, warnings)
 }
 
+/// The periods of `[power]`, in milliseconds: what each may be, and its default. Zero would
+/// stop the daemon at start (a measurement interval of 0 is a panic in the timer) or make a
+/// cycle that never cuts power; the upper bounds are where a value stops being a setting
+/// and becomes a mistake (a hook would wait hours).
+struct Period {
+    key: &'static str,
+    min: u32,
+    max: u32,
+    default: u32,
+}
+
+const CYCLE_OFF_MS: Period = Period {
+    key: "cycle_off_ms",
+    min: 1,
+    // As long as the longest `Cycle(off_ms)` a caller may ask for.
+    max: crate::bus::MAX_CYCLE_OFF.as_millis() as u32,
+    default: 2000,
+};
+const TIMEOUT_MS: Period = Period {
+    key: "timeout_ms",
+    min: 1,
+    // A power hook waits for retries × timeout: five minutes per attempt is already more
+    // than any switch, supply or pdudaemon driver takes.
+    max: 300_000,
+    default: 5000,
+};
+const RETRY_BACKOFF_MS: Period = Period {
+    key: "retry_backoff_ms",
+    // 0: retry at once.
+    min: 0,
+    // Doubled per retry (up to 10 retries): one minute is already hours in the worst case.
+    max: 60_000,
+    default: 250,
+};
+const POLL_MS: Period = Period {
+    key: "poll_ms",
+    // A poll is three requests on a serial line; faster than this would crowd out the
+    // requests that matter.
+    min: 100,
+    max: 3_600_000,
+    default: 1000,
+};
+
+impl Period {
+    fn take(&self, cx: &Cx<'_>, v: &S<u32>) -> Result<Duration, ConfigError> {
+        let ms = match v {
+            None => self.default,
+            Some(v) if !(self.min..=self.max).contains(v.get_ref()) => {
+                return Err(cx.at(
+                    v,
+                    format!("{} must be between {} and {}", self.key, self.min, self.max),
+                ));
+            }
+            Some(v) => *v.get_ref(),
+        };
+        Ok(Duration::from_millis(u64::from(ms)))
+    }
+}
+
+/// The largest setpoints a supply's 16-bit registers can carry; beyond them the encoding
+/// would clamp, and the supply would get another value than the one asked for. DPM86xx:
+/// 0.01 V and 0.001 A steps (src/power/dpm86xx.rs). Riden: the model, read at run time,
+/// decides the steps (src/power/riden.rs `scale`); the voltage bound is the finest model's
+/// (RD6006P, 1 mV: 65.535 V, above every RD60xx's 60 V), the current bound the coarsest's
+/// (10 mA: 655.35 A), since the finest (RD6006P, 0.1 mA: 6.5535 A) would refuse an RD6024's
+/// 24 A.
+struct WireLimits {
+    volts: f64,
+    amps: f64,
+}
+
+const DPM86XX_WIRE: WireLimits = WireLimits {
+    volts: 655.35,
+    amps: 65.535,
+};
+const RIDEN_WIRE: WireLimits = WireLimits {
+    volts: 65.535,
+    amps: 655.35,
+};
+
 fn backend_config(
     cx: &Cx<'_>,
     common: RawPowerCommon,
     raw: RawBackend,
     warnings: &mut Vec<String>,
 ) -> Result<PowerConfig, ConfigError> {
-    let ms = |v: &S<u32>, default: u32| {
-        Duration::from_millis(u64::from(v.as_ref().map_or(default, |v| *v.get_ref())))
-    };
     let on_stop = match common.on_stop.as_ref() {
         None => OnStop::Keep,
         Some(v) => match v.get_ref().as_str() {
@@ -268,11 +345,9 @@ fn backend_config(
             }
         },
     };
-    if let Some(t) = &common.timeout_ms
-        && *t.get_ref() == 0
-    {
-        return Err(cx.at(t, "timeout_ms must be greater than 0"));
-    }
+    let cycle_off = CYCLE_OFF_MS.take(cx, &common.cycle_off_ms)?;
+    let timeout = TIMEOUT_MS.take(cx, &common.timeout_ms)?;
+    let retry_backoff = RETRY_BACKOFF_MS.take(cx, &common.retry_backoff_ms)?;
     if let Some(r) = &common.retries
         && *r.get_ref() > 10
     {
@@ -280,9 +355,9 @@ fn backend_config(
     }
 
     let name = &common.backend;
-    let poll_ms = match &raw {
-        RawBackend::Dpm86xx(s, _) | RawBackend::Riden(s) => s.poll_ms.clone(),
-        _ => None,
+    let poll_interval = match &raw {
+        RawBackend::Dpm86xx(s, _) | RawBackend::Riden(s) => POLL_MS.take(cx, &s.poll_ms)?,
+        _ => Duration::from_millis(u64::from(POLL_MS.default)),
     };
     let backend = match raw {
         RawBackend::Egpms(p) => BackendConfig::Egpms(egpms(cx, &p, name, warnings)?),
@@ -300,37 +375,75 @@ fn backend_config(
                     }
                 },
             };
-            BackendConfig::Dpm86xx(supply(cx, &s, name, 9600)?, protocol)
+            BackendConfig::Dpm86xx(supply(cx, &s, name, 9600, &DPM86XX_WIRE)?, protocol)
         }
-        RawBackend::Riden(s) => BackendConfig::Riden(supply(cx, &s, name, 115_200)?),
+        RawBackend::Riden(s) => BackendConfig::Riden(supply(cx, &s, name, 115_200, &RIDEN_WIRE)?),
         RawBackend::Pdudaemon(p) => {
             let outlet = required(cx, &p.outlet, "outlet", name)?;
             BackendConfig::Pdudaemon(PdudaemonConfig {
-                host: p
-                    .host
-                    .as_ref()
-                    .map_or_else(|| "127.0.0.1".to_string(), |h| h.get_ref().clone()),
-                port: p.port.as_ref().map_or(16421, |v| *v.get_ref()),
-                pdu: required(cx, &p.pdu, "pdu", name)?,
+                host: match &p.host {
+                    Some(h) => text(cx, h, "host")?.to_string(),
+                    None => "127.0.0.1".to_string(),
+                },
+                port: port(cx, &p.port, 16421)?,
+                pdu: text_required(cx, &p.pdu, "pdu", name)?,
                 outlet,
             })
         }
         RawBackend::Command(c) => BackendConfig::Command(CommandConfig {
-            on: required(cx, &c.on_command, "on_command", name)?,
-            off: required(cx, &c.off_command, "off_command", name)?,
-            status: c.status_command.as_ref().map(|s| s.get_ref().clone()),
+            on: text_required(cx, &c.on_command, "on_command", name)?,
+            off: text_required(cx, &c.off_command, "off_command", name)?,
+            status: match &c.status_command {
+                Some(s) => Some(text(cx, s, "status_command")?.to_string()),
+                None => None,
+            },
         }),
     };
 
     Ok(PowerConfig {
         backend,
-        cycle_off: ms(&common.cycle_off_ms, 2000),
+        cycle_off,
         on_stop,
-        timeout: ms(&common.timeout_ms, 5000),
+        timeout,
         retries: common.retries.as_ref().map_or(2, |v| *v.get_ref()),
-        retry_backoff: ms(&common.retry_backoff_ms, 250),
-        poll_interval: ms(&poll_ms, 1000),
+        retry_backoff,
+        poll_interval,
     })
+}
+
+/// A string that reaches the kernel or a peer (a host, a command, a PDU name): not empty,
+/// and without NUL, which a C string (a path, `sh -c`, a resolver) cannot carry.
+fn text<'a>(cx: &Cx<'_>, v: &'a Spanned<String>, key: &str) -> Result<&'a str, ConfigError> {
+    let s = v.get_ref();
+    if s.is_empty() {
+        return Err(cx.at(v, format!("`{key}` must not be empty")));
+    }
+    if s.contains('\0') {
+        return Err(cx.at(v, format!("`{key}` must not contain a NUL character")));
+    }
+    Ok(s)
+}
+
+/// [`text`] of a required key.
+fn text_required(
+    cx: &Cx<'_>,
+    v: &S<String>,
+    key: &str,
+    backend: &Spanned<String>,
+) -> Result<String, ConfigError> {
+    match v {
+        Some(v) => Ok(text(cx, v, key)?.to_string()),
+        None => required(cx, v, key, backend),
+    }
+}
+
+/// A peer's TCP port: 0 is no port to connect to.
+fn port(cx: &Cx<'_>, v: &S<u16>, default: u16) -> Result<u16, ConfigError> {
+    match v {
+        Some(p) if *p.get_ref() == 0 => Err(cx.at(p, "`port` must be between 1 and 65535")),
+        Some(p) => Ok(*p.get_ref()),
+        None => Ok(default),
+    }
 }
 
 /// The required key `key` of `[power]` for backend `backend`.
@@ -358,7 +471,7 @@ fn egpms(
     backend: &Spanned<String>,
     warnings: &mut Vec<String>,
 ) -> Result<EgpmsConfig, ConfigError> {
-    let host = required(cx, &p.host, "host", backend)?;
+    let host = text_required(cx, &p.host, "host", backend)?;
     let outlet = required(cx, &p.outlet, "outlet", backend)?;
     if !(1..=4).contains(&outlet) {
         let v = p.outlet.as_ref().map_or(0..0, Spanned::span);
@@ -411,7 +524,7 @@ fn egpms(
             .path
             .parent()
             .unwrap_or(Path::new("."))
-            .join(file.get_ref());
+            .join(super::path_text(cx, file, "password_file")?);
         read_secret(&file_path).map_err(|e| {
             cx.at(
                 file,
@@ -422,7 +535,7 @@ fn egpms(
         let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
             cx.at(name, "password_credential needs $CREDENTIALS_DIRECTORY (set by systemd's LoadCredential=)")
         })?;
-        let file_path = Path::new(&dir).join(name.get_ref());
+        let file_path = Path::new(&dir).join(super::path_text(cx, name, "password_credential")?);
         read_secret(&file_path).map_err(|e| {
             cx.at(
                 name,
@@ -449,7 +562,7 @@ fn egpms(
     }
     Ok(EgpmsConfig {
         host,
-        port: p.port.as_ref().map_or(5000, |v| *v.get_ref()),
+        port: port(cx, &p.port, 5000)?,
         outlet: outlet as u8,
         model,
         password,
@@ -482,8 +595,18 @@ fn supply(
     p: &RawSupply,
     backend: &Spanned<String>,
     default_baud: u32,
+    wire: &WireLimits,
 ) -> Result<SupplyConfig, ConfigError> {
-    let device = required(cx, &p.device, "device", backend)?;
+    let device = match &p.device {
+        Some(d) => super::path_text(cx, d, "device")?.to_string(),
+        None => required(cx, &p.device, "device", backend)?,
+    };
+    let baud = match &p.baud {
+        // Rate 0 is the tty's hang-up (B0), not a speed.
+        Some(b) if *b.get_ref() == 0 => return Err(cx.at(b, "baud must be greater than 0")),
+        Some(b) => *b.get_ref(),
+        None => default_baud,
+    };
     let range = p.voltage_range.as_ref().ok_or_else(|| {
         cx.at(
             backend,
@@ -496,6 +619,17 @@ fn supply(
         return Err(cx.at(
             range,
             "voltage_range must be [min, max] with 0 <= min < max",
+        ));
+    }
+    if hi > wire.volts {
+        return Err(cx.at(
+            range,
+            format!(
+                "voltage_range reaches {hi} V, but a {} supply's setpoint register carries at \
+                 most {} V",
+                backend.get_ref(),
+                wire.volts
+            ),
         ));
     }
     let in_range = |v: &Spanned<f64>, what: &str| {
@@ -529,6 +663,20 @@ fn supply(
             "current_limit must be a positive number of amperes",
         ));
     }
+    let beyond_wire = |v: &Spanned<f64>, key: &str| {
+        cx.at(
+            v,
+            format!(
+                "{key} {} A is more than a {} supply's current register carries ({} A)",
+                v.get_ref(),
+                backend.get_ref(),
+                wire.amps
+            ),
+        )
+    };
+    if current_limit > wire.amps {
+        return Err(beyond_wire(limit_v, "current_limit"));
+    }
     let max_current = match &p.max_current {
         None => current_limit,
         Some(m) => {
@@ -538,6 +686,9 @@ fn supply(
                     m,
                     format!("max_current must be at least current_limit ({current_limit} A)"),
                 ));
+            }
+            if m_v > wire.amps {
+                return Err(beyond_wire(m, "max_current"));
             }
             m_v
         }
@@ -556,7 +707,7 @@ fn supply(
     }
     Ok(SupplyConfig {
         device: PathBuf::from(device),
-        baud: p.baud.as_ref().map_or(default_baud, |v| *v.get_ref()),
+        baud,
         address,
         voltage,
         current_limit,

@@ -587,3 +587,315 @@ fn bad_identities_are_located_at_the_value() {
     let e = err("name = \"b\"\n[console]\ndevice = \"/dev/ttyUSB0\"\ntcp_identity = 5\n");
     assert_eq!((e.line, e.column), (4, 16));
 }
+
+// ---------------------------------------------------------------------------------------------
+// What would fail at start is refused by --check (issue 13, item 9).
+
+/// `DPM` (9 lines) with `line` added as line 10; the error of `err` must be at its value.
+fn dpm_with(line: &str) -> Result<Config, ConfigError> {
+    parse_str(&format!("{DPM}{line}\n"))
+}
+
+/// The column of the value in a `key = value` line: after `key = `.
+fn value_column(line: &str) -> usize {
+    line.find(" = ").unwrap() + 4
+}
+
+#[test]
+fn every_power_period_is_bounded_at_its_value() {
+    // (key, smallest accepted, largest accepted)
+    for (key, min, max) in [
+        ("cycle_off_ms", 1u64, 600_000u64),
+        ("timeout_ms", 1, 300_000),
+        ("retry_backoff_ms", 0, 60_000),
+        ("poll_ms", 100, 3_600_000),
+    ] {
+        for ok in [min, max] {
+            let c =
+                dpm_with(&format!("{key} = {ok}")).unwrap_or_else(|e| panic!("{key} = {ok}: {e}"));
+            let p = c.power.unwrap();
+            let got = match key {
+                "cycle_off_ms" => p.cycle_off,
+                "timeout_ms" => p.timeout,
+                "retry_backoff_ms" => p.retry_backoff,
+                _ => p.poll_interval,
+            };
+            assert_eq!(got, Duration::from_millis(ok), "{key}");
+        }
+        let mut bad = vec![max + 1, u64::from(u32::MAX)];
+        if min > 0 {
+            bad.push(min - 1);
+        }
+        for value in bad {
+            let line = format!("{key} = {value}");
+            let e = dpm_with(&line).unwrap_err();
+            assert_eq!((e.line, e.column), (10, value_column(&line)), "{line}: {e}");
+            assert_eq!(
+                e.message,
+                format!("{key} must be between {min} and {max}"),
+                "{line}"
+            );
+            assert!(e.to_string().starts_with("/etc/rtmd/b.toml:10:"), "{e}");
+        }
+    }
+}
+
+/// The case of the issue: `poll_ms = 0` passed --check, then the measurement timer aborted
+/// the daemon at start.
+#[test]
+fn poll_ms_0_is_refused_at_its_value() {
+    let e = dpm_with("poll_ms = 0").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "/etc/rtmd/b.toml:10:11: poll_ms must be between 100 and 3600000"
+    );
+    // In an inline table, too.
+    let inline = "power = { backend = \"riden\", device = \"/d\", voltage = 5.0, \
+                  current_limit = 1.0, voltage_range = [4.0, 6.0], poll_ms = 0 }";
+    let e = err(&format!("name = \"b\"\n{inline}\n"));
+    let at = inline.find("poll_ms = 0").unwrap() + "poll_ms = ".len() + 1;
+    assert_eq!((e.line, e.column), (2, at), "{e}");
+}
+
+#[test]
+fn empty_and_nul_paths_are_refused_at_their_value() {
+    // (config, line, column, message)
+    let nul = "\\u0000";
+    let cases = [
+        (
+            DPM.replace("\"/dev/rtm/b/psu\"", "\"\""),
+            4,
+            10,
+            "`device` must not be empty".to_string(),
+        ),
+        (
+            DPM.replace("\"/dev/rtm/b/psu\"", &format!("\"/dev/rtm{nul}/psu\"")),
+            4,
+            10,
+            "`device` must not contain a NUL character".to_string(),
+        ),
+        (
+            "name = \"b\"\n[console]\ndevice = \"\"\n".to_string(),
+            3,
+            10,
+            "`device` must not be empty".to_string(),
+        ),
+        (
+            format!("name = \"b\"\n[console]\ndevice = \"/dev/tty{nul}S0\"\n"),
+            3,
+            10,
+            "`device` must not contain a NUL character".to_string(),
+        ),
+        (
+            format!("name = \"b\"\n[console]\ndevice = \"/dev/ttyS0\"\nlog_dir = \"/l{nul}\"\n"),
+            4,
+            11,
+            "`log_dir` must not contain a NUL character".to_string(),
+        ),
+        (
+            "name = \"b\"\n[console]\ndevice = \"/dev/ttyS0\"\nunix = \"\"\n".to_string(),
+            4,
+            8,
+            "`unix` must not be empty".to_string(),
+        ),
+        (
+            format!("name = \"b\"\n[images]\ndir = \"/i{nul}\"\n"),
+            3,
+            7,
+            "`dir` must not contain a NUL character".to_string(),
+        ),
+        (
+            format!("name = \"b\"\n[images]\ndir = \"/i\"\nca_file = \"{nul}\"\n"),
+            4,
+            11,
+            "`ca_file` must not contain a NUL character".to_string(),
+        ),
+        (
+            format!("name = \"b\"\n[images]\ndir = \"/i\"\n[nbd]\noverlay_dir = \"/o{nul}\"\n"),
+            5,
+            15,
+            "`overlay_dir` must not contain a NUL character".to_string(),
+        ),
+        (
+            "name = \"b\"\n[images]\ndir = \"/i\"\n[nbd]\noverlay_dir = \"\"\n".to_string(),
+            5,
+            15,
+            "`overlay_dir` must not be empty".to_string(),
+        ),
+        (
+            format!("name = \"b\"\n[images]\ndir = \"/i\"\n[storage]\ncow_dir = \"/c{nul}\"\n"),
+            5,
+            11,
+            "`cow_dir` must not contain a NUL character".to_string(),
+        ),
+        (
+            format!("name = \"b\"\n[images]\ndir = \"/i\"\n[storage]\nudc = \"u{nul}\"\n"),
+            5,
+            7,
+            "`udc` must be a UDC name, as listed in /sys/class/udc".to_string(),
+        ),
+        (
+            format!("name = \"b\"\n[capture]\nvideo = \"/dev/video0\"\ndir = \"/c{nul}\"\n"),
+            4,
+            7,
+            "`dir` must not contain a NUL character".to_string(),
+        ),
+        (
+            format!("name = \"b\"\n[capture]\nvideo = \"/dev/video{nul}\"\ndir = \"/c\"\n"),
+            3,
+            9,
+            "a capture source must not contain a NUL character".to_string(),
+        ),
+        (
+            format!(
+                "name = \"b\"\n[power]\nbackend = \"egpms\"\nhost = \"h\"\noutlet = 1\n\
+                 password_file = \"pw{nul}\"\n"
+            ),
+            6,
+            17,
+            "`password_file` must not contain a NUL character".to_string(),
+        ),
+    ];
+    for (config, line, column, message) in cases {
+        let e = err(&config);
+        assert_eq!((e.line, e.column), (line, column), "{config}: {e}");
+        assert_eq!(e.message, message, "{config}");
+    }
+}
+
+#[test]
+fn empty_and_nul_power_strings_and_port_0_are_refused_at_their_value() {
+    let nul = "\\u0000";
+    let command = "name = \"b\"\n[power]\nbackend = \"command\"\n";
+    let cases = [
+        (
+            format!("{command}on_command = \"\"\noff_command = \"b\"\n"),
+            4,
+            14,
+            "`on_command` must not be empty",
+        ),
+        (
+            format!("{command}on_command = \"a\"\noff_command = \"b{nul}\"\n"),
+            5,
+            15,
+            "`off_command` must not contain a NUL character",
+        ),
+        (
+            format!("{command}on_command = \"a\"\noff_command = \"b\"\nstatus_command = \"\"\n"),
+            6,
+            18,
+            "`status_command` must not be empty",
+        ),
+        (
+            "name = \"b\"\n[power]\nbackend = \"egpms\"\nhost = \"\"\noutlet = 1\n".to_string(),
+            4,
+            8,
+            "`host` must not be empty",
+        ),
+        (
+            "name = \"b\"\n[power]\nbackend = \"egpms\"\nhost = \"h\"\noutlet = 1\nport = 0\n"
+                .to_string(),
+            6,
+            8,
+            "`port` must be between 1 and 65535",
+        ),
+        (
+            "name = \"b\"\n[power]\nbackend = \"pdudaemon\"\npdu = \"\"\noutlet = 1\n".to_string(),
+            4,
+            7,
+            "`pdu` must not be empty",
+        ),
+        (
+            "name = \"b\"\n[power]\nbackend = \"pdudaemon\"\npdu = \"p\"\noutlet = 1\nport = 0\n"
+                .to_string(),
+            6,
+            8,
+            "`port` must be between 1 and 65535",
+        ),
+        (
+            format!("{DPM}baud = 0\n"),
+            10,
+            8,
+            "baud must be greater than 0",
+        ),
+    ];
+    for (config, line, column, message) in cases {
+        let e = err(&config);
+        assert_eq!((e.line, e.column), (line, column), "{config}: {e}");
+        assert_eq!(e.message, message, "{config}");
+    }
+}
+
+#[test]
+fn a_unix_socket_path_longer_than_the_kernel_takes_is_refused() {
+    let console = |path: &str| {
+        parse_str(&format!(
+            "name = \"b\"\n[console]\ndevice = \"/dev/ttyS0\"\nunix = \"{path}\"\n"
+        ))
+    };
+    // 107 bytes: sun_path's 108 with the terminating NUL.
+    let longest = format!("/run/rtmd/{}", "s".repeat(UNIX_PATH_MAX - 10));
+    assert_eq!(longest.len(), 107);
+    let c = console(&longest).unwrap();
+    assert_eq!(c.console.unwrap().unix, Some(PathBuf::from(&longest)));
+    let e = console(&format!("{longest}s")).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "/etc/rtmd/b.toml:4:8: `unix` is 108 bytes long; a unix socket path has at most 107"
+    );
+    // Bytes, not characters.
+    let e = console(&format!("/run/{}", "é".repeat(52))).unwrap_err();
+    assert!(e.message.contains("is 109 bytes long"), "{e}");
+}
+
+#[test]
+fn setpoints_beyond_the_supplys_registers_are_refused_at_their_value() {
+    let riden = DPM
+        .replace("backend = \"dpm86xx\"", "backend = \"riden\"")
+        .replace("protocol = \"modbus\"\n", "");
+    // DPM86xx: 0.01 V and 0.001 A in 16 bits.
+    let dpm_range = |range: &str| {
+        parse_str(
+            &DPM.replace("[4.0, 5.8]", range)
+                .replace("profiles = { low = 4.6, nominal = 5.1, high = 5.6 }\n", ""),
+        )
+    };
+    assert!(dpm_range("[4.0, 655.35]").is_ok());
+    let e = dpm_range("[4.0, 655.36]").unwrap_err();
+    assert_eq!((e.line, e.column), (8, 17), "{e}");
+    assert_eq!(
+        e.message,
+        "voltage_range reaches 655.36 V, but a dpm86xx supply's setpoint register carries at \
+         most 655.35 V"
+    );
+    let e = err(&format!("{DPM}max_current = 65.536\n"));
+    assert_eq!((e.line, e.column), (10, 15), "{e}");
+    assert_eq!(
+        e.message,
+        "max_current 65.536 A is more than a dpm86xx supply's current register carries (65.535 A)"
+    );
+    assert!(dpm_with("max_current = 65.535").is_ok());
+    let e = err(&DPM.replace("current_limit = 3.0", "current_limit = 70.0"));
+    assert_eq!((e.line, e.column), (7, 17), "{e}");
+    assert!(
+        e.message.starts_with("current_limit 70 A is more than"),
+        "{e}"
+    );
+
+    // Riden: every model's voltage register (RD6006P: 1 mV steps), the coarsest current one.
+    let riden_range = |range: &str| {
+        parse_str(
+            &riden
+                .replace("[4.0, 5.8]", range)
+                .replace("profiles = { low = 4.6, nominal = 5.1, high = 5.6 }\n", ""),
+        )
+    };
+    assert!(riden_range("[4.0, 65.535]").is_ok());
+    let e = riden_range("[4.0, 65.536]").unwrap_err();
+    assert_eq!((e.line, e.column), (7, 17), "{e}");
+    assert!(e.message.contains("at most 65.535 V"), "{e}");
+    assert!(parse_str(&format!("{riden}max_current = 24.0\n")).is_ok());
+    let e = err(&format!("{riden}max_current = 655.36\n"));
+    assert_eq!((e.line, e.column), (9, 15), "{e}");
+    assert!(e.message.contains("(655.35 A)"), "{e}");
+}

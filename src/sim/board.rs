@@ -8,6 +8,12 @@
 //! prompt. Logging in as `root` starts a real shell (`bash`, on a pseudo-terminal of its own,
 //! in the scratch folder), so a LAVA job's test shell really runs commands.
 //!
+//! That shell is reachable by whoever reaches the console (the demo's loopback telnet port:
+//! every local user), so it never runs with the simulator's privileges: when the simulator
+//! runs as root, the shell runs as `nobody` (no supplementary groups, no new privileges
+//! through setuid programs), in a scratch folder handed to that user. "root" is only the
+//! simulated board's login name.
+//!
 //! One thread owns the board's state and decides everything (power changes and keys arrive
 //! on one channel, so they are handled in one order); the others only move bytes. Losing power
 //! kills everything the shell started and drops output not yet sent, as a real board would.
@@ -88,6 +94,65 @@ impl Default for BoardSpec {
     }
 }
 
+/// Who the shell runs as, when that is not the simulator's own user.
+#[derive(Debug, Clone)]
+struct Account {
+    name: String,
+    uid: u32,
+    gid: u32,
+}
+
+/// The user the shell runs as: `nobody` (65534, or as the user database says) when the
+/// simulator runs as root; the simulator's own user otherwise (it has nothing to give away).
+fn shell_account() -> Option<Account> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    Some(match nix::unistd::User::from_name("nobody") {
+        Ok(Some(u)) if !u.uid.is_root() => Account {
+            name: u.name,
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+        },
+        _ => Account {
+            name: "nobody".to_string(),
+            uid: 65534,
+            gid: 65534,
+        },
+    })
+}
+
+/// Hands the scratch folder (and the readline settings in it) to `account`, and checks that
+/// it can reach the folder: the shell's HOME and LAVA's test folder are absolute paths
+/// under it.
+fn hand_over(scratch: &Path, account: &Account) -> io::Result<()> {
+    std::os::unix::fs::chown(scratch, Some(account.uid), Some(account.gid))?;
+    std::os::unix::fs::chown(scratch.join(INPUTRC), Some(account.uid), Some(account.gid))?;
+    let scratch = scratch.canonicalize()?;
+    for dir in scratch.ancestors().skip(1) {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(dir)?;
+        let searchable = if m.uid() == account.uid {
+            m.mode() & 0o100 != 0
+        } else if m.gid() == account.gid {
+            m.mode() & 0o010 != 0
+        } else {
+            m.mode() & 0o001 != 0
+        };
+        if !searchable {
+            return Err(io::Error::other(format!(
+                "the board's shell runs as {} (uid {}), which cannot reach {}: {} is not \
+                 searchable by other users",
+                account.name,
+                account.uid,
+                scratch.display(),
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A running simulated board. Dropping it powers the board off (its shell and everything the
 /// shell started are killed) and stops its state thread.
 pub struct SimBoard {
@@ -118,6 +183,10 @@ impl SimBoard {
             spec.scratch.join(INPUTRC),
             "set enable-bracketed-paste off\n",
         )?;
+        let shell_as = shell_account();
+        if let Some(account) = &shell_as {
+            hand_over(&spec.scratch, account)?;
+        }
         // The shell must not inherit the board's end of its own console.
         close_on_exec(&console)?;
         let input = console.try_clone()?;
@@ -148,6 +217,7 @@ impl SimBoard {
             fifo: VecDeque::new(),
             skip_lf: false,
             shells: 0,
+            shell_as,
         };
         let machine = thread::Builder::new()
             .name("sim-board".into())
@@ -245,6 +315,8 @@ struct Machine {
     skip_lf: bool,
     /// Shells started so far; tells a current shell's reports from a killed one's.
     shells: u64,
+    /// Who the shell runs as instead of the simulator's user ([`shell_account`]).
+    shell_as: Option<Account>,
 }
 
 impl Machine {
@@ -468,6 +540,7 @@ impl Machine {
         self.shells += 1;
         let mut shell = match Shell::spawn(
             &self.spec,
+            self.shell_as.as_ref(),
             self.shells,
             self.console.clone(),
             self.epoch.load(Ordering::Acquire),
@@ -673,6 +746,7 @@ struct Shell {
 impl Shell {
     fn spawn(
         spec: &BoardSpec,
+        shell_as: Option<&Account>,
         generation: u64,
         console: SyncSender<Chunk>,
         epoch: u64,
@@ -693,6 +767,10 @@ impl Shell {
             .custom_flags(OFlag::O_NOCTTY.bits())
             .open(&slave_path)?;
         set_window_size(&slave)?;
+        // The terminal belongs to the user of the shell, as login(1) hands it over.
+        if let Some(a) = shell_as {
+            std::os::unix::fs::fchown(&slave, Some(a.uid), Some(a.gid))?;
+        }
         let master = File::from(OwnedFd::from(master));
 
         let (program, args): (&str, &[&str]) = if Path::new("/bin/bash").exists() {
@@ -718,10 +796,17 @@ impl Shell {
             .stdin(Stdio::from(slave.try_clone()?))
             .stdout(Stdio::from(slave.try_clone()?))
             .stderr(Stdio::from(slave));
+        let drop_to = shell_as.map(|a| (a.uid, a.gid));
         // SAFETY: between fork and exec the closure only makes async-signal-safe calls
-        // (setsid, ioctl) and does not allocate.
+        // (setsid, ioctl, setgroups, setgid, setuid, prctl) and does not allocate.
         unsafe {
-            command.pre_exec(take_terminal);
+            command.pre_exec(move || {
+                take_terminal()?;
+                if let Some((uid, gid)) = drop_to {
+                    become_user(uid, gid)?;
+                }
+                Ok(())
+            });
         }
         let mut child = command.spawn()?;
         // The command holds our copies of the slave; once they are closed, the master reads
@@ -804,6 +889,32 @@ fn take_terminal() -> io::Result<()> {
     // SAFETY: TIOCSCTTY on a valid fd takes an int argument (0: do not steal).
     if unsafe { nix::libc::ioctl(0, nix::libc::TIOCSCTTY, 0) } == -1 {
         return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Runs in the shell's child between fork and exec, after [`take_terminal`]: drops every
+/// privilege of the simulator's root. Groups first (only root may change them), the uid
+/// last; no setuid program may give any back (`PR_SET_NO_NEW_PRIVS`).
+fn become_user(uid: u32, gid: u32) -> io::Result<()> {
+    use nix::libc;
+    let check = |r: libc::c_int| {
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    // SAFETY: plain system calls on integers (setgroups with an empty list reads nothing).
+    unsafe {
+        check(libc::setgroups(0, std::ptr::null()))?;
+        check(libc::setgid(gid))?;
+        check(libc::setuid(uid))?;
+        check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+        // Root again would mean the drop did not take.
+        if libc::geteuid() == 0 || libc::getuid() == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
     }
     Ok(())
 }

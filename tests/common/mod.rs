@@ -372,13 +372,34 @@ pub fn sim(args: &[&str]) -> (Proc, String) {
     (p, ready)
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now, never handed out before by this process.
+///
+/// Asking the kernel (binding port 0) is not enough: once that listener is closed, the next
+/// bind to port 0, an outgoing connection or another test's `free_port` may get the same port
+/// before the test binds it. So ports come from below the kernel's ephemeral range, which
+/// it never picks on its own, each checked by binding it, and each only once per process;
+/// where one process starts in that range depends on its pid, so that test binaries run at
+/// once start apart.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOWEST: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|low| *low > LOWEST + 1000)
+        .unwrap_or(32_768);
+    let span = ephemeral - LOWEST;
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = LOWEST + (start + n) % span;
+        let port = u16::try_from(port).unwrap();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port below {ephemeral}");
 }
 
 /// rtm-sim options for a quick-booting simulated board named `name`: its console pty at

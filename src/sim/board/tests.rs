@@ -20,6 +20,13 @@ struct Bench {
 
 fn bench(name: &str) -> Bench {
     let dir = tempfile::tempdir().expect("tempdir");
+    // Run as root, the board's shell runs as nobody, which must reach its scratch folder
+    // whatever the umask made of the temporary folder.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .expect("chmod");
     let pty = Pty::open(&dir.path().join("console")).expect("pty");
     let port = OpenOptions::new()
         .read(true)
@@ -123,6 +130,26 @@ impl Bench {
     }
 }
 
+/// Field `n` (0-based) of /proc/PID/stat; `None` once the process is gone.
+fn stat_field(pid: i32, n: usize) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields 0 (pid) and 1 (comm) end with the closing parenthesis.
+    let after_name = stat.rsplit(')').next()?;
+    after_name.split_whitespace().nth(n - 2).map(str::to_string)
+}
+
+/// Whether a process of session `sid` runs the command line `cmdline` (NUL-separated).
+fn running_in_session(sid: &str, cmdline: &[u8]) -> bool {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .any(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == cmdline)
+                && stat_field(pid, 5).as_deref() == Some(sid)
+        })
+}
+
 #[test]
 fn boots_to_a_real_shell_and_goes_dark_on_power_loss() {
     let mut b = bench("rpi4-01");
@@ -167,10 +194,16 @@ fn boots_to_a_real_shell_and_goes_dark_on_power_loss() {
         .parse()
         .expect("pid");
 
-    // The shell owns its terminal: Ctrl-C interrupts the foreground job.
+    // The shell owns its terminal: Ctrl-C interrupts the foreground job, once it runs (a
+    // Ctrl-C before the fork would leave `sleep 30` to run its course).
     b.send("sleep 30\r");
     b.expect("sleep 30\r\n");
-    thread::sleep(Duration::from_millis(100));
+    let session = stat_field(job, 5).expect("the job's session");
+    let started_by = Instant::now() + PATIENCE;
+    while !running_in_session(&session, b"sleep\x0030\x00") {
+        assert!(Instant::now() < started_by, "`sleep 30` never started");
+        thread::sleep(Duration::from_millis(5));
+    }
     b.send("\x03");
     b.expect("root@rpi4-01:~# ");
 
@@ -295,4 +328,60 @@ fn supply_readings() {
     assert_eq!(Supply::of(4.75, &spec), Supply::InRange);
     assert_eq!(Supply::of(5.8, &spec), Supply::InRange);
     assert_eq!(Supply::of(5.81, &spec), Supply::OverVoltage);
+}
+
+/// Run as root (as CI and the demo are), the shell hands out no privilege: it runs as
+/// nobody, without groups, and setuid programs give it nothing back.
+#[test]
+fn the_shell_of_a_simulator_run_as_root_runs_as_nobody() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test checks the privilege drop: run the suite as root (scripts/test)"
+    );
+    let nobody = shell_account().expect("root drops to an account");
+    let mut b = bench("rpi4-01");
+    b.board.set_power(5.0);
+    b.expect("rpi4-01 login: ");
+    b.send("root\r");
+    b.expect("root@rpi4-01:~# ");
+    b.send("echo uid=$(id -u) gid=$(id -g) groups=$(id -G) nnp=$(grep NoNewPrivs /proc/self/status | tr -dc 0-9)\r");
+    b.expect(&format!(
+        "uid={uid} gid={gid} groups={gid} nnp=1\r\n",
+        uid = nobody.uid,
+        gid = nobody.gid
+    ));
+    b.expect("root@rpi4-01:~# ");
+    // Its home is its own; the terminal too.
+    b.send("touch mine && stat -c %u $PWD mine $(tty)\r");
+    b.expect(&format!("{0}\r\n{0}\r\n{0}\r\n", nobody.uid));
+}
+
+/// A scratch folder nobody could reach is refused at start, saying why.
+#[test]
+fn a_scratch_folder_the_shell_cannot_reach_is_refused_at_start() {
+    assert!(nix::unistd::geteuid().is_root(), "run the suite as root");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .expect("chmod");
+    let pty = Pty::open(&dir.path().join("console")).expect("pty");
+    let spec = BoardSpec {
+        scratch: dir.path().join("home"),
+        ..BoardSpec::default()
+    };
+    let console = pty.master.try_clone().expect("clone master");
+    let Err(e) = SimBoard::start(console, spec, Events::log("board")) else {
+        panic!("a board whose shell cannot reach its home started");
+    };
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "the board's shell runs as nobody (uid 65534), which cannot reach {}: {} is not \
+             searchable by other users",
+            dir.path().join("home").canonicalize().unwrap().display(),
+            dir.path().canonicalize().unwrap().display()
+        )
+    );
 }

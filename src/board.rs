@@ -29,12 +29,6 @@ use crate::power::{Power, PowerError, PowerState, PowerStatus};
 /// timeout must be longer).
 const STOP_BUDGET: Duration = Duration::from_secs(20);
 
-/// The uid the daemon holds the board as while it stops: `(uid_t)-1`, which no user has, so
-/// its lease matches no caller of any face.
-const STOPPING_UID: u32 = u32::MAX;
-/// The holder label of that lease, as `Holder` and the audit show it.
-const STOPPING_HOLDER: &str = "rtmd (stopping)";
-
 /// The board's parts: what every face is built from. Each part is a cheap handle whose
 /// mutating calls take the gate's permit.
 pub struct Board {
@@ -201,34 +195,15 @@ impl Board {
         self.stopping.subscribe()
     }
 
-    /// From now on, every face's call is refused by the gate: the daemon holds the board
-    /// itself, as [`STOPPING_HOLDER`], under a uid no caller has. A board already held by
-    /// someone stays theirs (only their own calls pass, and the bus face is closed by then).
-    /// Without this, a `Power.On` through a face still open (the pdudaemon API) could land
-    /// after the `on_stop = "off"` switch and leave the board on.
+    /// From now on, every face's call is refused by the gate (`Busy` on D-Bus, 503 on the
+    /// pdudaemon API, dropped console input), whoever holds the board: without this, a
+    /// `Power.On` through a face still open (the pdudaemon API) could land after the
+    /// `on_stop = "off"` switch and leave the board on. The daemon's own calls still pass.
     fn refuse_callers(&self) {
         let _ = self.stopping.send_replace(true);
-        let access = self.gate.access();
-        // Long enough to outlast the stop; never more than the config allows a lease.
-        let ttl = access.config().max_ttl.min(STOP_BUDGET * 3);
-        let result = match access.acquire(STOPPING_UID, STOPPING_HOLDER, ttl) {
-            Ok(_) => Ok(()),
-            Err(AccessError::Leased(lease)) => {
-                info!(
-                    subsystem = "access",
-                    "stopping while {:?} (uid {}) holds the board", lease.holder, lease.uid
-                );
-                return;
-            }
-            Err(e) => Err(e.to_string()),
-        };
-        self.gate.record(
-            None,
-            "rtmd",
-            "Acquire",
-            &format!("{STOPPING_HOLDER:?}: the daemon stops"),
-            result,
-        );
+        self.gate.close("the daemon stops");
+        self.gate
+            .record(None, "rtmd", "Gate.Close", "the daemon stops", Ok(()));
     }
 
     /// Stops fail-safe: no face's call is taken any more, then recordings are finished,

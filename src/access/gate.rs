@@ -15,6 +15,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 
 use super::{Access, AccessError, AuditEntry, Identity, clip};
 
@@ -161,11 +162,22 @@ pub trait FaceError: From<AccessError> {
 #[derive(Clone)]
 pub struct Gate {
     access: Access,
+    /// Why the gate is closed (the daemon stops), or None while it is open.
+    closed: Arc<Mutex<Option<String>>>,
 }
 
 impl Gate {
     pub fn new(access: Access) -> Gate {
-        Gate { access }
+        Gate {
+            access,
+            closed: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Refuses every caller but the daemon from now on (`why`: for the refusal), so a late
+    /// call through a face still open cannot undo what stopping does (`on_stop = "off"`).
+    pub fn close(&self, why: &str) {
+        *self.closed.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.to_string());
     }
 
     pub fn access(&self) -> &Access {
@@ -174,6 +186,15 @@ impl Gate {
 
     /// Whether `caller` may change the board now: nobody else holds it.
     pub fn check(&self, caller: &Caller) -> Result<(), AccessError> {
+        if caller.who != Who::Daemon
+            && let Some(why) = self
+                .closed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        {
+            return Err(AccessError::Closed(why));
+        }
         match &caller.who {
             Who::Daemon => Ok(()),
             Who::Identity(Identity::Uid(uid)) => self.access.check(*uid),
@@ -319,7 +340,10 @@ impl InputSession {
             self.last = Some(admitted);
             let result = match &verdict {
                 Ok(()) => Ok(()),
-                Err(e) => Err(format!("Leased: {e}; input dropped until it is released")),
+                Err(e @ AccessError::Leased(_)) => {
+                    Err(format!("Leased: {e}; input dropped until it is released"))
+                }
+                Err(e) => Err(format!("{e}; input dropped")),
             };
             self.gate
                 .audit(&self.caller, self.method, &summary(), result);

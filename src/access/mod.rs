@@ -129,6 +129,9 @@ pub enum AccessError {
     /// `ForceRelease` by someone who is not an admin.
     #[error("{0}")]
     NotAdmin(String),
+    /// The daemon is stopping: no face's call is taken any more.
+    #[error("rtmd is stopping ({0}); no changes are taken")]
+    Closed(String),
 }
 
 /// The board's lease and audit history; cheap to clone, shared by every interface.

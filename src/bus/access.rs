@@ -25,6 +25,7 @@ impl From<AccessError> for Error {
             AccessError::NotHeld => Error::NotFound(e.to_string()),
             AccessError::InvalidArgs(m) => Error::InvalidArgs(m),
             AccessError::NotAdmin(m) => Error::AccessDenied(m),
+            AccessError::Closed(_) => Error::Busy(e.to_string()),
         }
     }
 }

@@ -47,6 +47,7 @@ impl From<AccessError> for Refusal {
     fn from(e: AccessError) -> Self {
         match e {
             AccessError::Leased(_) => Refusal(403, format!("refused: the board is {e}")),
+            AccessError::Closed(_) => Refusal(503, e.to_string()),
             other => Refusal(403, other.to_string()),
         }
     }
@@ -218,6 +219,7 @@ fn http_response(code: u16, body: &str) -> String {
         404 => "Not Found",
         405 => "Method Not Allowed",
         502 => "Bad Gateway",
+        503 => "Service Unavailable",
         _ => "Error",
     };
     format!(

@@ -587,3 +587,41 @@ fn bad_identities_are_located_at_the_value() {
     let e = err("name = \"b\"\n[console]\ndevice = \"/dev/ttyUSB0\"\ntcp_identity = 5\n");
     assert_eq!((e.line, e.column), (4, 16));
 }
+
+#[test]
+fn local_dirs_are_absolute_and_never_the_kernels() {
+    let c = parse_str("name = \"b\"\n[images]\ndir = \"/i\"\n").unwrap();
+    assert!(c.images.unwrap().local_dirs.is_empty(), "none by default");
+    let c = parse_str(
+        "name = \"b\"\n[images]\ndir = \"/i\"\nlocal_dirs = [\"/var/lib/lava/dispatcher/tmp\", \"/srv/images\"]\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.images.unwrap().local_dirs,
+        [
+            Path::new("/var/lib/lava/dispatcher/tmp"),
+            Path::new("/srv/images")
+        ]
+    );
+    for (value, message) in [
+        ("\"tmp\"", "must be absolute"),
+        ("\"\"", "non-empty"),
+        ("\"/srv/../proc\"", "`..`"),
+        ("\"/proc\"", "under /proc"),
+        ("\"/sys/kernel\"", "under /sys"),
+        ("\"/dev\"", "under /dev"),
+        (
+            "\"/run/credentials/rtmd@b.service\"",
+            "under /run/credentials",
+        ),
+    ] {
+        let text =
+            format!("name = \"b\"\n[images]\ndir = \"/i\"\nlocal_dirs = [\"/ok\", {value}]\n");
+        let e = err(&text);
+        assert!(e.message.contains(message), "{value}: {e}");
+        // At the offending element itself.
+        assert_eq!((e.line, e.column), (4, 22), "{value}: {e}");
+    }
+    let e = err("name = \"b\"\n[images]\ndir = \"/i\"\nlocal_dirs = \"/srv\"\n");
+    assert_eq!(e.line, 4, "{e}");
+}

@@ -108,7 +108,11 @@ fn raise_nofile() {
         limit.rlim_cur = limit.rlim_max;
         assert_eq!(setrlimit(RLIMIT_NOFILE, &limit), 0);
     }
-    assert!(limit.rlim_cur >= 2400, "the hard limit {} is too low", limit.rlim_cur);
+    assert!(
+        limit.rlim_cur >= 2400,
+        "the hard limit {} is too low",
+        limit.rlim_cur
+    );
 }
 
 #[test]

@@ -281,8 +281,9 @@ impl Store {
         Ok(normalized)
     }
 
-    /// Every image in the folder (regular files, recursively; symlinks and the store's own
-    /// hidden folder are not listed), sorted by name.
+    /// Every image in the folder (regular files, recursively; symlinks, the store's own
+    /// hidden folder and names no image may have, e.g. with control characters, are not
+    /// listed: every listed name resolves), sorted by name.
     pub fn list(&self) -> Result<Vec<ImageInfo>, Error> {
         let records = cache::load_all(&self.inner.state);
         let mut images = Vec::new();
@@ -294,7 +295,7 @@ impl Store {
                 let Some(leaf) = entry.file_name().to_str().map(str::to_string) else {
                     continue;
                 };
-                if leaf.starts_with('.') {
+                if leaf.starts_with('.') || leaf.chars().any(char::is_control) {
                     continue;
                 }
                 let name = format!("{prefix}{leaf}");

@@ -336,6 +336,11 @@ fn escapes_decode_once_and_strictly() {
 #[test]
 fn image_names_with_control_characters_are_refused() {
     let (_tmp, s) = store();
+    // A file put in by hand with such a name is not listed either.
+    std::fs::write(s.dir().join("x\n.img"), b"x").unwrap();
+    std::fs::write(s.dir().join("ok.img"), b"x").unwrap();
+    let names: Vec<String> = s.list().unwrap().into_iter().map(|i| i.name).collect();
+    assert_eq!(names, ["ok.img"]);
     for bad in ["a\0b.img", "x\n.img", "nightly/\u{1b}[2J.img"] {
         assert!(
             matches!(s.resolve(bad), Err(Error::InvalidArgs(_))),

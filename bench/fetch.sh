@@ -45,7 +45,7 @@ rm "$work/disk.img"
 dbus-daemon --session --nofork --nopidfile --print-address=1 --address="unix:path=$work/bus" >"$work/bus.addr" 2>/dev/null & pids+=($!)
 wait_for "$work/bus.addr" unix:path
 bus=$(head -1 "$work/bus.addr")
-printf 'name = "bench"\n[images]\ndir = "%s/images"\n' "$work" >"$work/bench.toml"
+printf 'name = "bench"\n[images]\ndir = "%s/images"\nlocal_dirs = ["%s"]\n' "$work" "$work" >"$work/bench.toml"
 $B/rtmd --config "$work/bench.toml" --bus-address "$bus" --log stderr 2>"$work/rtmd.log" & pids+=($!)
 wait_for "$work/rtmd.log" "ready on"
 ctl() { $B/rtmctl --bus-address "$bus" --dut bench "$@"; }

@@ -205,6 +205,9 @@ pub struct ImagesConfig {
     pub dir: PathBuf,
     /// Extra CA certificates (PEM) trusted for `https://` sources, besides the system store.
     pub ca_file: Option<PathBuf>,
+    /// Folders local sources (`file://`, absolute paths) may be fetched from (`local_dirs`;
+    /// none by default: local fetches are off). Absolute.
+    pub local_dirs: Vec<PathBuf>,
 }
 
 /// `[nbd]`: the NBD server that exports images from the image folder.
@@ -397,6 +400,7 @@ struct RawPduApi {
 struct RawImages {
     dir: S<String>,
     ca_file: S<String>,
+    local_dirs: S<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -774,7 +778,53 @@ fn validate_images(cx: &Cx<'_>, section: &Spanned<RawImages>) -> Result<ImagesCo
         Some(v) => Some(path(v, "ca_file")?),
         None => None,
     };
-    Ok(ImagesConfig { dir, ca_file })
+    let mut local_dirs = Vec::new();
+    for v in raw.local_dirs.iter().flat_map(|list| list.get_ref()) {
+        local_dirs.push(local_dir(cx, v)?);
+    }
+    Ok(ImagesConfig {
+        dir,
+        ca_file,
+        local_dirs,
+    })
+}
+
+/// One of `[images] local_dirs`: an absolute folder, not one of the places never fetched
+/// from (images/local.rs refuses those at fetch time too, wherever a listed folder leads).
+fn local_dir(cx: &Cx<'_>, v: &Spanned<String>) -> Result<PathBuf, ConfigError> {
+    let text = v.get_ref();
+    if text.is_empty() || text.contains('\0') {
+        return Err(cx.at(v, "a local_dirs folder must be a non-empty path"));
+    }
+    let path = PathBuf::from(text);
+    if !path.is_absolute() {
+        return Err(cx.at(
+            v,
+            format!(
+                "local_dirs folder {text:?} must be absolute: callers name their files by \
+                 absolute paths"
+            ),
+        ));
+    }
+    if path
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err(cx.at(
+            v,
+            format!("local_dirs folder {text:?} must not contain `..`"),
+        ));
+    }
+    if let Some(place) = crate::images::FORBIDDEN_SOURCES
+        .iter()
+        .find(|f| path.starts_with(f))
+    {
+        return Err(cx.at(
+            v,
+            format!("local_dirs folder {text:?} is under {place}, which is never fetched from"),
+        ));
+    }
+    Ok(path)
 }
 
 fn validate_capture(

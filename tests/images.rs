@@ -14,13 +14,17 @@ const BOARD: &str = "imgbox";
 const BUS_NAME: &str = "org.rtmd.Dut1.imgbox";
 const JOB: &str = "org.rtmd.Dut1.Images.Job";
 
-/// A folder with rtmd's config and its image folder `images/`.
+/// A folder with rtmd's config and its image folder `images/`; local sources may come from
+/// the temporary folder, where the tests make them (`[images] local_dirs`).
 fn daemon(bus: &Bus, extra: &str) -> (Daemon, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let images = dir.path().join("images");
     let d = Daemon::start_in(
         bus,
-        &format!("name = \"{BOARD}\"\n[images]\ndir = \"images\"\n{extra}"),
+        &format!(
+            "name = \"{BOARD}\"\n[images]\ndir = \"images\"\nlocal_dirs = [\"{}\"]\n{extra}",
+            std::env::temp_dir().display()
+        ),
         dir,
     );
     (d, images)
@@ -484,7 +488,8 @@ fn bad_data_leaves_nothing_behind() {
     assert!(line.contains("bad sha256"), "{line}");
     let line = err_line(&fetch(&d, "ftp://127.0.0.1/x.img", None), 2);
     assert!(line.contains("unknown source scheme"), "{line}");
-    let line = err_line(&fetch(&d, "/nonexistent/x.img.xz", None), 2);
+    let missing = src.path().join("nonexistent.img.xz");
+    let line = err_line(&fetch(&d, missing.to_str().unwrap(), None), 2);
     assert!(line.contains("no such file"), "{line}");
     let out = d.dbus_send(
         "org.rtmd.Dut1.Images.Fetch",

@@ -33,7 +33,10 @@ fn rig(bus: &Bus, extra: &str) -> Rig {
 
 fn config_text(port: u16, extra: &str) -> String {
     format!(
-        "name = \"{BOARD}\"\n[images]\ndir = \"images\"\n[nbd]\nlisten = \"127.0.0.1:{port}\"\n{extra}"
+        "name = \"{BOARD}\"\n[images]\ndir = \"images\"\nlocal_dirs = [\"{}\"]\n\
+         [nbd]\nlisten = \"127.0.0.1:{port}\"\n{extra}",
+        // `image fetch` of the caller's downloads (temporary folders) is a local source.
+        std::env::temp_dir().display()
     )
 }
 

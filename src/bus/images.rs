@@ -39,6 +39,7 @@ impl From<images::Error> for Error {
             E::InvalidArgs(_) | E::Outside(_) => Error::InvalidArgs(message),
             E::NotFound(_) => Error::NotFound(message),
             E::Busy(_) => Error::Busy(message),
+            E::Denied(_) => Error::AccessDenied(message),
             E::Io(_)
             | E::Source(_)
             | E::Checksum { .. }

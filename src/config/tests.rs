@@ -899,3 +899,41 @@ fn setpoints_beyond_the_supplys_registers_are_refused_at_their_value() {
     assert_eq!((e.line, e.column), (9, 15), "{e}");
     assert!(e.message.contains("(655.35 A)"), "{e}");
 }
+
+#[test]
+fn local_dirs_are_absolute_and_never_the_kernels() {
+    let c = parse_str("name = \"b\"\n[images]\ndir = \"/i\"\n").unwrap();
+    assert!(c.images.unwrap().local_dirs.is_empty(), "none by default");
+    let c = parse_str(
+        "name = \"b\"\n[images]\ndir = \"/i\"\nlocal_dirs = [\"/var/lib/lava/dispatcher/tmp\", \"/srv/images\"]\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.images.unwrap().local_dirs,
+        [
+            Path::new("/var/lib/lava/dispatcher/tmp"),
+            Path::new("/srv/images")
+        ]
+    );
+    for (value, message) in [
+        ("\"tmp\"", "must be absolute"),
+        ("\"\"", "non-empty"),
+        ("\"/srv/../proc\"", "`..`"),
+        ("\"/proc\"", "under /proc"),
+        ("\"/sys/kernel\"", "under /sys"),
+        ("\"/dev\"", "under /dev"),
+        (
+            "\"/run/credentials/rtmd@b.service\"",
+            "under /run/credentials",
+        ),
+    ] {
+        let text =
+            format!("name = \"b\"\n[images]\ndir = \"/i\"\nlocal_dirs = [\"/ok\", {value}]\n");
+        let e = err(&text);
+        assert!(e.message.contains(message), "{value}: {e}");
+        // At the offending element itself.
+        assert_eq!((e.line, e.column), (4, 22), "{value}: {e}");
+    }
+    let e = err("name = \"b\"\n[images]\ndir = \"/i\"\nlocal_dirs = \"/srv\"\n");
+    assert_eq!(e.line, 4, "{e}");
+}

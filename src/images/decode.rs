@@ -24,7 +24,8 @@ impl Format {
             Format::Gzip
         } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
             Format::Zstd
-        } else if head.len() >= 4 && head.starts_with(b"BZh") && (b'1'..=b'9').contains(&head[3]) {
+        } else if head.starts_with(b"BZh") && head.get(3).is_some_and(|b| (b'1'..=b'9').contains(b))
+        {
             Format::Bzip2
         } else {
             Format::Raw
@@ -57,18 +58,17 @@ pub fn decoder<'a, R: Read + Send + 'a>(
     let mut head = [0u8; 6];
     let mut n = 0;
     while n < head.len() {
-        match source.read(&mut head[n..]) {
+        match source.read(head.get_mut(n..).unwrap_or_default()) {
             Ok(0) => break,
             Ok(r) => n += r,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
-    let format = Format::detect(&head[..n]);
-    let source = BufReader::with_capacity(
-        1 << 20,
-        std::io::Cursor::new(head[..n].to_vec()).chain(source),
-    );
+    let magic = head.get(..n).unwrap_or_default();
+    let format = Format::detect(magic);
+    let source =
+        BufReader::with_capacity(1 << 20, std::io::Cursor::new(magic.to_vec()).chain(source));
     let reader: Box<dyn Read + Send + 'a> = match format {
         Format::Xz => {
             let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;

@@ -11,6 +11,11 @@
 //! fsynced; then the folder is fsynced. Any failure, or a cancel, deletes the partial file:
 //! nothing half-written is ever visible under an image's name. A process that has the old
 //! image open (an NBD export) keeps reading the old file.
+//!
+//! A partial file is named after the process (`<pid>.<n>.<image>`) and holds an exclusive
+//! `flock` from its creation until it is renamed or removed. Several rtmd (boards sharing a
+//! folder, or a second instance started by mistake) clean up only partial files whose lock is
+//! free, that is files of a process that ended ([`clean_partials`]).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -24,11 +29,15 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use nix::fcntl::{Flock, FlockArg};
+
 use super::cache::{self, Record};
 use super::decode::{self, Format, SUFFIXES};
+use super::local::{self, Opened};
 use super::source::Source;
 use super::sparse::{BLOCK, SparseWriter};
 use super::{Error, Store, check_components};
+use crate::access::clip;
 
 pub const PARTIAL_DIR: &str = "partial";
 /// Unit of work between the threads.
@@ -130,8 +139,20 @@ impl FetchJob {
     }
 }
 
-/// Validates, answers from the cache, or starts the fetch threads.
-pub fn start(store: &Store, source: &str, sha256: Option<&str>) -> Result<FetchJob, Error> {
+/// What a fetch reads: a local file already opened (and admitted) for the caller, or a URL.
+enum Input {
+    File(Opened),
+    Url(String),
+}
+
+/// Validates (a local file is opened here, as `uid` may: `local.rs`), answers from the
+/// cache, or starts the fetch threads.
+pub fn start(
+    store: &Store,
+    source: &str,
+    sha256: Option<&str>,
+    uid: Option<u32>,
+) -> Result<FetchJob, Error> {
     let expected = match sha256.map(str::trim) {
         None | Some("") => None,
         Some(h) => Some(parse_sha256(h)?),
@@ -139,6 +160,19 @@ pub fn start(store: &Store, source: &str, sha256: Option<&str>) -> Result<FetchJ
     let src = Source::parse(source)?;
     let name = image_name(&src)?;
     let inner = &store.inner;
+    let input = match src {
+        Source::File(path) => {
+            let opened = local::open(&path, &inner.local_dirs, uid)?;
+            info!(
+                subsystem = "images",
+                "{source}: local file {} admitted for uid {}",
+                opened.path.display(),
+                uid.map_or_else(|| "none".to_string(), |u| u.to_string())
+            );
+            Input::File(opened)
+        }
+        Source::Http(url) => Input::Url(url),
+    };
 
     if let Some(sha) = &expected
         && let Some(record) = cache::lookup(&inner.state, sha)
@@ -174,7 +208,7 @@ pub fn start(store: &Store, source: &str, sha256: Option<&str>) -> Result<FetchJ
     let job = Fetch {
         store: store.clone(),
         source: source.to_string(),
-        src,
+        input: Some(input),
         name,
         expected,
         cancel: cancel.clone(),
@@ -204,14 +238,20 @@ pub(super) fn parse_sha256(h: &str) -> Result<String, Error> {
     }
 }
 
-/// The source's file name without its compression suffix, checked like an image name.
+/// The source's file name without its compression suffix, checked like an image name:
+/// what it decodes to becomes a file name, a D-Bus property and log lines.
 pub(super) fn image_name(src: &Source) -> Result<String, Error> {
-    let leaf = src.file_name().unwrap_or_default();
-    let lower = leaf.to_ascii_lowercase();
+    let leaf = src.file_name()?;
     let stem = SUFFIXES
         .iter()
-        .find(|s| lower.ends_with(*s))
-        .map_or(leaf.as_str(), |s| &leaf[..leaf.len() - s.len()]);
+        .find_map(|suffix| {
+            let cut = leaf.len().checked_sub(suffix.len())?;
+            let tail = leaf.get(cut..)?;
+            tail.eq_ignore_ascii_case(suffix)
+                .then(|| leaf.get(..cut))
+                .flatten()
+        })
+        .unwrap_or(leaf.as_str());
     if stem.is_empty() || stem.contains('/') || stem == ".." {
         return Err(Error::InvalidArgs(format!(
             "cannot name an image after the source's file name {leaf:?}"
@@ -251,14 +291,84 @@ impl Drop for ActiveName {
     }
 }
 
-/// Deletes the partial file unless the fetch succeeded.
+/// A partial file of this process: locked while it exists, deleted unless the fetch
+/// succeeded.
 struct Partial {
     path: PathBuf,
+    /// Held from creation until after the rename (or the removal): other rtmd see it taken.
+    /// Never read; dropping it unlocks, after `Drop` removed the file.
+    _lock: Flock<std::fs::File>,
     keep: bool,
+}
+
+impl Partial {
+    /// Creates and locks a new partial file for `name` in `dir`; returns it and the file to
+    /// write (a second descriptor of it: the lock stays with `Partial`).
+    fn create(dir: &Path, name: &str) -> Result<(Partial, std::fs::File), Error> {
+        use std::os::unix::fs::MetadataExt;
+        static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+        let leaf = name.replace('/', "_");
+        let mut last = None;
+        for _ in 0..8 {
+            let path = dir.join(format!(
+                "{}.{}.{leaf}",
+                std::process::id(),
+                SEQUENCE.fetch_add(1, Ordering::Relaxed)
+            ));
+            let file = match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(Error::io(&path.display().to_string(), &e)),
+            };
+            // Another rtmd cleaning up may have locked it between the create and now
+            // (it then removes it): take a new name.
+            let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
+                continue;
+            };
+            // Still ours under that name? A cleanup may have removed it before our lock.
+            let ours = match (lock.metadata(), std::fs::symlink_metadata(&path)) {
+                (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+                _ => false,
+            };
+            if !ours {
+                continue;
+            }
+            let writer = lock
+                .try_clone()
+                .map_err(|e| Error::io(&path.display().to_string(), &e));
+            match writer {
+                Ok(writer) => {
+                    return Ok((
+                        Partial {
+                            path,
+                            _lock: lock,
+                            keep: false,
+                        },
+                        writer,
+                    ));
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(&path);
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            Error::Io(format!(
+                "cannot create a partial file in {}: names kept being taken",
+                dir.display()
+            ))
+        }))
+    }
 }
 
 impl Drop for Partial {
     fn drop(&mut self) {
+        // Removed while still locked; the lock goes with the descriptor after this.
         if !self.keep
             && let Err(e) = std::fs::remove_file(&self.path)
             && e.kind() != std::io::ErrorKind::NotFound
@@ -272,10 +382,70 @@ impl Drop for Partial {
     }
 }
 
+/// A partial file made as a fetch makes it, for the unit tests: its path, and what holds it
+/// (its lock and its writer) until dropped.
+#[cfg(test)]
+pub(super) fn tests_partial(dir: &Path, name: &str) -> (PathBuf, impl Sized) {
+    let Ok((partial, writer)) = Partial::create(dir, name) else {
+        panic!("cannot create a partial file in {}", dir.display());
+    };
+    (partial.path.clone(), (partial, writer))
+}
+
+/// Removes the partial files in `dir` that no running fetch holds (their process ended:
+/// a crash, a kill); leaves the others, which belong to a fetch of another rtmd on the same
+/// folder.
+pub(super) fn clean_partials(dir: &Path) -> Result<(), Error> {
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(&dir.display().to_string(), &e))?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                warn!(
+                    subsystem = "images",
+                    "cannot look at {}: {e}",
+                    path.display()
+                );
+                continue;
+            }
+        };
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => {
+                // Ours now: nobody writes it. Removed while locked, so a fetch that just
+                // created it under this name sees it gone and takes another name.
+                match std::fs::remove_file(&path) {
+                    Ok(()) => info!(
+                        subsystem = "images",
+                        "removed {} left by an interrupted fetch",
+                        path.display()
+                    ),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => warn!(
+                        subsystem = "images",
+                        "cannot remove {}: {e}",
+                        path.display()
+                    ),
+                }
+                drop(lock);
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => info!(
+                subsystem = "images",
+                "left {} alone: a running fetch (another rtmd) holds it",
+                path.display()
+            ),
+            Err((_, e)) => warn!(subsystem = "images", "cannot lock {}: {e}", path.display()),
+        }
+    }
+    Ok(())
+}
+
 struct Fetch {
     store: Store,
     source: String,
-    src: Source,
+    /// Taken by [`Fetch::fetch`].
+    input: Option<Input>,
     name: String,
     expected: Option<String>,
     cancel: Arc<AtomicBool>,
@@ -283,7 +453,7 @@ struct Fetch {
 }
 
 impl Fetch {
-    fn run(self) {
+    fn run(mut self) {
         let started = Instant::now();
         info!(
             subsystem = "images",
@@ -307,7 +477,12 @@ impl Fetch {
             Err(Error::Cancelled) => {
                 info!(subsystem = "images", "fetch of {} cancelled", self.source)
             }
-            Err(e) => warn!(subsystem = "images", "fetch of {} failed: {e}", self.source),
+            Err(e) => warn!(
+                subsystem = "images",
+                "fetch of {} failed: {}",
+                self.source,
+                printable(e)
+            ),
         }
         self.tx.send_modify(|p| match result {
             Ok((sha, size)) => {
@@ -322,35 +497,25 @@ impl Fetch {
                     JobState::Failed
                 };
                 p.error_kind = Some(e.kind());
-                p.error = Some(e.to_string());
+                p.error = Some(printable(&e));
             }
         });
     }
 
     /// The pipeline; returns the source's sha256 and the image size.
-    fn fetch(&self) -> Result<(String, u64), Error> {
+    fn fetch(&mut self) -> Result<(String, u64), Error> {
         let inner = &self.store.inner;
-        let (reader, total) = self.src.open(inner.ca_file.as_deref())?;
+        let (reader, total): (Box<dyn Read + Send>, Option<u64>) = match self.input.take() {
+            Some(Input::File(opened)) => (Box::new(opened.file), Some(opened.size)),
+            Some(Input::Url(url)) => Source::open_url(&url, inner.ca_file.as_deref())?,
+            None => return Err(Error::Io("the fetch has no input".to_string())),
+        };
         self.tx.send_modify(|p| p.total = total);
         if self.cancel.load(Ordering::SeqCst) {
             return Err(Error::Cancelled);
         }
 
-        static SEQUENCE: AtomicU64 = AtomicU64::new(0);
-        let partial = Partial {
-            path: inner.state.join(PARTIAL_DIR).join(format!(
-                "{}.{}.{}",
-                self.name.replace('/', "_"),
-                std::process::id(),
-                SEQUENCE.fetch_add(1, Ordering::Relaxed)
-            )),
-            keep: false,
-        };
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&partial.path)
-            .map_err(|e| Error::io(&partial.path.display().to_string(), &e))?;
+        let (partial, file) = Partial::create(&inner.state.join(PARTIAL_DIR), &self.name)?;
 
         // The reader stops when the fetch is cancelled or the pipeline behind it failed.
         let stop = Arc::new(AtomicBool::new(false));
@@ -421,11 +586,13 @@ impl Fetch {
             return Err(Error::Cancelled);
         }
         drop(file);
+        // The lock is held through the rename: until then, the partial file is ours.
         let mut partial = partial;
         let target = inner.dir.join(&self.name);
         std::fs::rename(&partial.path, &target)
             .map_err(|e| Error::io(&format!("cannot rename into {}", target.display()), &e))?;
         partial.keep = true;
+        drop(partial);
         // The rename itself must survive a crash.
         std::fs::File::open(&inner.dir)
             .and_then(|d| d.sync_all())
@@ -485,6 +652,13 @@ fn read_source(
     Ok(hex(&hasher.finalize()))
 }
 
+/// An error as the job's `Error` property and the log show it: control characters escaped
+/// (a server's text may carry any byte, and a NUL in a D-Bus string would cost rtmd its
+/// bus connection), at most 1 KiB.
+fn printable(e: &Error) -> String {
+    clip(&e.to_string(), 1024)
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -499,7 +673,7 @@ fn decode_into(input: &mut ChannelReader, blocks: &SyncSender<Vec<u8>>) -> Resul
         let mut block = vec![0u8; CHUNK];
         let mut filled = 0;
         while filled < CHUNK {
-            match decoder.read(&mut block[filled..]) {
+            match decoder.read(block.get_mut(filled..).unwrap_or_default()) {
                 Ok(0) => break,
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -524,7 +698,7 @@ fn decode_into(input: &mut ChannelReader, blocks: &SyncSender<Vec<u8>>) -> Resul
     loop {
         match input.read(&mut rest) {
             Ok(0) => return Ok(()),
-            Ok(n) if rest[..n].iter().all(|b| *b == 0) => {}
+            Ok(n) if rest.get(..n).unwrap_or_default().iter().all(|b| *b == 0) => {}
             Ok(_) => {
                 return Err(Error::Corrupt(format!(
                     "unexpected data after the end of the {} stream",
@@ -595,9 +769,13 @@ impl Read for ChannelReader {
                 Err(RecvTimeoutError::Disconnected) => return Ok(0),
             }
         }
-        let n = buf.len().min(self.chunk.len() - self.pos);
-        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
+        let ready = self.chunk.get(self.pos..).unwrap_or_default();
+        let n = buf.len().min(ready.len());
+        if let (Some(to), Some(from)) = (buf.get_mut(..n), ready.get(..n)) {
+            to.copy_from_slice(from);
+            self.pos += n;
+            return Ok(n);
+        }
+        Ok(0)
     }
 }

@@ -8,14 +8,20 @@
 //! of D-Bus; `bus/images.rs` translates.
 //!
 //! The store keeps its own state under `<dir>/.rtmd/`: partial files of running fetches
-//! (`partial/`, deleted on failure and at start-up) and the cache index (`cache/`, one record
-//! per source checksum). Names starting with `.` are refused as image names, so no client can
-//! reach that state.
+//! (`partial/`, deleted on failure, and at start-up those no running rtmd holds) and the cache
+//! index (`cache/`, one record per source checksum). Names starting with `.` are refused as
+//! image names, so no client can reach that state; so are names with control characters,
+//! which would reach D-Bus properties and log lines.
+//!
+//! Local sources are read only from the folders the admin lists (`[images] local_dirs`) and
+//! only what the caller could read (`local.rs`).
 
 mod cache;
 pub mod claims;
 mod decode;
 mod fetch;
+pub mod fuzz;
+mod local;
 mod source;
 mod sparse;
 
@@ -24,13 +30,15 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::info;
 
-use crate::access::Permit;
+use crate::access::{Permit, clip};
 use crate::config::ImagesConfig;
 pub use claims::{Claim, Claims, User};
 
 pub use fetch::{FetchJob, JobState, Progress};
+/// Places never fetched from, whatever `[images] local_dirs` lists.
+pub use local::FORBIDDEN as FORBIDDEN_SOURCES;
 
 /// The store's own folder inside the image folder.
 const STATE_DIR: &str = ".rtmd";
@@ -73,6 +81,9 @@ pub enum Error {
     Outside(String),
     #[error("{0}")]
     Busy(String),
+    /// A local source the caller may not fetch (not readable by them, a forbidden place).
+    #[error("{0}")]
+    Denied(String),
     #[error("{0}")]
     Io(String),
     /// The source could not be read: an HTTP status, an unreachable host, a TLS failure.
@@ -97,6 +108,7 @@ impl Error {
             Error::NotFound(_) => "not-found",
             Error::Outside(_) => "outside",
             Error::Busy(_) => "busy",
+            Error::Denied(_) => "denied",
             Error::Io(_) => "io",
             Error::Source(_) => "source",
             Error::Checksum { .. } => "checksum",
@@ -149,6 +161,8 @@ struct Inner {
     configured: PathBuf,
     state: PathBuf,
     ca_file: Option<PathBuf>,
+    /// `[images] local_dirs`: the folders local sources may come from.
+    local_dirs: Vec<PathBuf>,
     /// Image names being fetched right now: a second fetch to the same name is `Busy`.
     active: Mutex<HashSet<String>>,
     /// Bumped whenever the set of images changes (fetched, removed).
@@ -175,30 +189,16 @@ impl Store {
             std::fs::create_dir_all(state.join(sub))
                 .map_err(|e| io(&format!("cannot create {}", state.join(sub).display()), e))?;
         }
-        // No fetch runs yet, so everything in partial/ is left over from a crash.
-        let partial = state.join(fetch::PARTIAL_DIR);
-        let entries =
-            std::fs::read_dir(&partial).map_err(|e| io(&partial.display().to_string(), e))?;
-        for entry in entries.flatten() {
-            match std::fs::remove_file(entry.path()) {
-                Ok(()) => info!(
-                    subsystem = "images",
-                    "removed {} left by an interrupted fetch",
-                    entry.path().display()
-                ),
-                Err(e) => warn!(
-                    subsystem = "images",
-                    "cannot remove {}: {e}",
-                    entry.path().display()
-                ),
-            }
-        }
+        // Partial files no running fetch holds are left over from a crash; those another
+        // rtmd on the same folder is writing stay.
+        fetch::clean_partials(&state.join(fetch::PARTIAL_DIR))?;
         Ok(Store {
             inner: Arc::new(Inner {
                 dir,
                 configured: config.dir.clone(),
                 state,
                 ca_file: config.ca_file.clone(),
+                local_dirs: config.local_dirs.clone(),
                 active: Mutex::new(HashSet::new()),
                 changes: watch::Sender::new(0),
                 running: Mutex::new(Vec::new()),
@@ -281,8 +281,9 @@ impl Store {
         Ok(normalized)
     }
 
-    /// Every image in the folder (regular files, recursively; symlinks and the store's own
-    /// hidden folder are not listed), sorted by name.
+    /// Every image in the folder (regular files, recursively; symlinks, the store's own
+    /// hidden folder and names no image may have, e.g. with control characters, are not
+    /// listed: every listed name resolves), sorted by name.
     pub fn list(&self) -> Result<Vec<ImageInfo>, Error> {
         let records = cache::load_all(&self.inner.state);
         let mut images = Vec::new();
@@ -294,7 +295,7 @@ impl Store {
                 let Some(leaf) = entry.file_name().to_str().map(str::to_string) else {
                     continue;
                 };
-                if leaf.starts_with('.') {
+                if leaf.starts_with('.') || leaf.chars().any(char::is_control) {
                     continue;
                 }
                 let name = format!("{prefix}{leaf}");
@@ -344,12 +345,18 @@ impl Store {
         Ok(())
     }
 
-    /// Validates the arguments at once (bad sha256 hex, unknown scheme, missing local file:
-    /// an error before any job exists), then runs the fetch on its own threads. `sha256` is
-    /// the checksum of the source as published (the compressed file); empty or `None`
-    /// fetches without verifying.
-    pub fn fetch(&self, _: &Permit, source: &str, sha256: Option<&str>) -> Result<FetchJob, Error> {
-        fetch::start(self, source, sha256)
+    /// Validates the arguments at once (bad sha256 hex, unknown scheme, a local file the
+    /// caller may not fetch: an error before any job exists), then runs the fetch on its own
+    /// threads. `sha256` is the checksum of the source as published (the compressed file);
+    /// empty or `None` fetches without verifying. A local source is checked against the
+    /// permit's caller (`local.rs`).
+    pub fn fetch(
+        &self,
+        permit: &Permit,
+        source: &str,
+        sha256: Option<&str>,
+    ) -> Result<FetchJob, Error> {
+        fetch::start(self, source, sha256, permit.caller().uid_of())
     }
 
     /// Cancels every running fetch (the daemon is stopping).
@@ -366,8 +373,12 @@ fn outside(name: &str) -> Error {
     Error::Outside(format!("{name:?} is outside the image folder"))
 }
 
+/// Longest component of an image name (the kernel's NAME_MAX).
+const MAX_COMPONENT: usize = 255;
+
 /// Checks a relative path's components; returns it `/`-joined. `..` leads outside; names
-/// starting with `.` are the store's own.
+/// starting with `.` are the store's own; control characters (NUL included) and components
+/// longer than a file name can be are refused.
 fn check_components(path: &Path, name: &str) -> Result<String, Error> {
     let mut parts = Vec::new();
     for c in path.components() {
@@ -376,6 +387,17 @@ fn check_components(path: &Path, name: &str) -> Result<String, Error> {
                 let part = part
                     .to_str()
                     .ok_or_else(|| Error::InvalidArgs(format!("{name:?} is not valid UTF-8")))?;
+                if part.chars().any(char::is_control) {
+                    return Err(Error::InvalidArgs(format!(
+                        "{name:?} has control characters"
+                    )));
+                }
+                if part.len() > MAX_COMPONENT {
+                    return Err(Error::InvalidArgs(format!(
+                        "{:?}: a name component is longer than {MAX_COMPONENT} bytes",
+                        clip(name, 80)
+                    )));
+                }
                 if part.starts_with('.') {
                     return Err(Error::InvalidArgs(format!(
                         "{name:?}: names starting with '.' are reserved for the store"

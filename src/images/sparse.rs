@@ -37,16 +37,20 @@ impl SparseWriter {
             let at = i * BLOCK;
             if is_zero(block) {
                 if let Some(start) = run_start.take() {
-                    self.file
-                        .write_all_at(&data[start..at], self.offset + start as u64)?;
+                    self.file.write_all_at(
+                        data.get(start..at).unwrap_or_default(),
+                        self.offset + start as u64,
+                    )?;
                 }
             } else if run_start.is_none() {
                 run_start = Some(at);
             }
         }
         if let Some(start) = run_start {
-            self.file
-                .write_all_at(&data[start..], self.offset + start as u64)?;
+            self.file.write_all_at(
+                data.get(start..).unwrap_or_default(),
+                self.offset + start as u64,
+            )?;
         }
         self.offset += data.len() as u64;
         if self.offset - self.flushed >= FLUSH_EVERY {

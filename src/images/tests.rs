@@ -1,22 +1,33 @@
-//! Unit tests of the image store: naming rules, magic bytes, the sparse writer, and fetches
-//! of local files through the whole pipeline.
+//! Unit tests of the image store: naming rules, sources and their decoding, magic bytes, the
+//! sparse writer, fetches of local files through the whole pipeline, and the partial files'
+//! locks.
 
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 
 use super::decode::Format;
-use super::fetch::{image_name, parse_sha256};
+use super::fetch::{self, image_name, parse_sha256};
 use super::source::Source;
 use super::*;
 
+/// A store in `tmp/images`, fetching local files from anywhere in `tmp`.
 fn store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
-    let config = ImagesConfig {
-        dir: dir.path().join("images"),
-        ca_file: None,
-    };
-    let store = Store::open(&config).unwrap();
+    let store = Store::open(&config(dir.path())).unwrap();
     (dir, store)
+}
+
+fn config(tmp: &Path) -> ImagesConfig {
+    ImagesConfig {
+        dir: tmp.join("images"),
+        ca_file: None,
+        local_dirs: vec![tmp.to_path_buf()],
+    }
+}
+
+/// A fetch by root (uid 0): what the D-Bus face does for a caller the bus says is root.
+fn fetch_as_root(s: &Store, source: &Path, sha256: Option<&str>) -> FetchJob {
+    fetch::start(s, source.to_str().unwrap(), sha256, Some(0)).unwrap()
 }
 
 fn finish(job: FetchJob) -> Progress {
@@ -72,11 +83,21 @@ fn sources_and_checksums_are_checked_before_a_job() {
         Source::parse("rel/x.img"),
         Err(Error::InvalidArgs(_))
     ));
+    // Parsing is lexical; a missing file is found missing when it is opened.
+    assert_eq!(
+        Source::parse("/no/such/file").unwrap(),
+        Source::File("/no/such/file".into())
+    );
+    let (tmp, s) = store();
+    let missing = tmp.path().join("missing.img");
     assert!(matches!(
-        Source::parse("/no/such/file"),
+        fetch::start(&s, missing.to_str().unwrap(), None, Some(0)),
         Err(Error::NotFound(_))
     ));
-    assert!(matches!(Source::parse("/"), Err(Error::InvalidArgs(_))));
+    assert!(matches!(
+        image_name(&Source::parse("/").unwrap()),
+        Err(Error::InvalidArgs(_))
+    ));
     assert!(matches!(
         Source::parse("http:///x"),
         Err(Error::InvalidArgs(_))
@@ -178,27 +199,13 @@ fn a_gzip_file_through_the_pipeline_then_from_the_cache() {
     enc.write_all(&raw).unwrap();
     std::fs::write(&src, enc.finish().unwrap()).unwrap();
 
-    let p = finish(
-        s.fetch(
-            &crate::access::Permit::for_tests(),
-            src.to_str().unwrap(),
-            None,
-        )
-        .unwrap(),
-    );
+    let p = finish(fetch_as_root(&s, &src, None));
     assert_eq!(p.state, JobState::Done, "{p:?}");
     assert_eq!(p.image.as_deref(), Some("pipe.img"));
     assert_eq!(p.done, std::fs::metadata(&src).unwrap().len());
     assert_eq!(std::fs::read(s.dir().join("pipe.img")).unwrap(), raw);
     let sha = p.sha256.unwrap();
-    let again = finish(
-        s.fetch(
-            &crate::access::Permit::for_tests(),
-            src.to_str().unwrap(),
-            Some(&sha),
-        )
-        .unwrap(),
-    );
+    let again = finish(fetch_as_root(&s, &src, Some(&sha)));
     assert!(again.cached && again.state == JobState::Done);
     let list = s.list().unwrap();
     assert_eq!(list[0].sha256, sha);
@@ -208,14 +215,7 @@ fn a_gzip_file_through_the_pipeline_then_from_the_cache() {
     bytes.extend(b"garbage");
     let bad = tmp.path().join("trailing.img.gz");
     std::fs::write(&bad, bytes).unwrap();
-    let p = finish(
-        s.fetch(
-            &crate::access::Permit::for_tests(),
-            bad.to_str().unwrap(),
-            None,
-        )
-        .unwrap(),
-    );
+    let p = finish(fetch_as_root(&s, &bad, None));
     assert_eq!(p.state, JobState::Failed, "{p:?}");
     assert_eq!(p.error_kind, Some("corrupt"));
     assert!(!s.dir().join("trailing.img").exists());
@@ -228,16 +228,137 @@ fn a_gzip_file_through_the_pipeline_then_from_the_cache() {
 }
 
 #[test]
-fn open_removes_partial_files_of_a_crash() {
+fn open_removes_only_the_partial_files_nobody_holds() {
+    use nix::fcntl::{Flock, FlockArg};
     let (tmp, s) = store();
-    let partial = s.dir().join(".rtmd/partial/x.img.1.0");
-    std::fs::write(&partial, b"half").unwrap();
-    let _again = Store::open(&ImagesConfig {
-        dir: tmp.path().join("images"),
-        ca_file: None,
-    })
+    let crashed = s.dir().join(".rtmd/partial/1.0.x.img");
+    std::fs::write(&crashed, b"half").unwrap();
+    // A running fetch (of another rtmd on the same folder) holds its file's lock.
+    let running = s.dir().join(".rtmd/partial/2.0.y.img");
+    std::fs::write(&running, b"in progress").unwrap();
+    let held = Flock::lock(
+        std::fs::File::open(&running).unwrap(),
+        FlockArg::LockExclusiveNonblock,
+    )
     .unwrap();
-    assert!(!partial.exists());
+    let _again = Store::open(&config(tmp.path())).unwrap();
+    assert!(!crashed.exists());
+    assert!(running.exists(), "a held partial file was removed");
+    drop(held);
+    let _third = Store::open(&config(tmp.path())).unwrap();
+    assert!(!running.exists());
+}
+
+#[test]
+fn a_partial_file_is_locked_while_it_exists() {
+    let (tmp, s) = store();
+    let partial_dir = s.dir().join(".rtmd/partial");
+    let (partial, _held) = fetch::tests_partial(&partial_dir, "nightly/rpi4.img");
+    let name = partial.file_name().unwrap().to_str().unwrap().to_string();
+    assert!(
+        name.starts_with(&format!("{}.", std::process::id()))
+            && name.ends_with(".nightly_rpi4.img"),
+        "{name}"
+    );
+    // Another store opening the folder leaves it: its lock is taken.
+    let _other = Store::open(&config(tmp.path())).unwrap();
+    assert!(partial.exists());
+}
+
+#[test]
+fn escapes_decode_once_and_strictly() {
+    let name = |s: &str| Source::parse(s).and_then(|src| image_name(&src));
+    // The two sources that once took rtmd down: refused, with a reason.
+    let e = name("http://127.0.0.1:9/x%aé.img").unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidArgs(m) if m.contains("not a valid URL")),
+        "{e}"
+    );
+    let e = name("http://127.0.0.1:9/%00.img").unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidArgs(m) if m.contains("control")),
+        "{e}"
+    );
+    // Escapes that decode to bytes that are not UTF-8, or to control characters.
+    for bad in [
+        "http://h/x%e9.img",
+        "http://h/x%c3.img",
+        "http://h/a%0ab.img",
+        "http://h/a%7f.img",
+        "http://h/%2e%2e",
+        "http://h/%2e.img",
+        "file:///tmp/a%00b.img",
+        "file:///tmp/a%0ab.img",
+        "file://otherhost/tmp/a.img",
+        "/tmp/a\nb.img",
+        "http://h/a\u{1}.img",
+    ] {
+        assert!(
+            matches!(name(bad), Err(Error::InvalidArgs(_))),
+            "{bad:?}: {:?}",
+            name(bad)
+        );
+    }
+    // Good escapes decode, in URLs and file:// URLs (plain paths are taken as they are).
+    assert_eq!(name("http://h/a%C3%A9%20b.img.xz").unwrap(), "aé b.img");
+    assert_eq!(name("http://h/100%25.img").unwrap(), "100%.img");
+    // Malformed escapes and raw non-ASCII are not guessed at.
+    for bad in [
+        "http://h/x%zz.img",
+        "http://h/x%a",
+        "http://h/é.img",
+        "file:///srv/%g0.img",
+    ] {
+        assert!(
+            matches!(name(bad), Err(Error::InvalidArgs(m)) if m.contains("not a valid URL")),
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        Source::parse("file:///srv/my%20disk.img?x#y").unwrap(),
+        Source::File("/srv/my disk.img".into())
+    );
+    assert_eq!(
+        Source::parse("FILE://localhost/srv/a.img").unwrap(),
+        Source::File("/srv/a.img".into())
+    );
+    assert_eq!(
+        Source::parse("/srv/my%20disk.img").unwrap(),
+        Source::File("/srv/my%20disk.img".into())
+    );
+    // Long names: a component longer than a file name may be is refused.
+    let long = format!("http://h/{}.img", "a".repeat(300));
+    assert!(matches!(name(&long), Err(Error::InvalidArgs(_))));
+    let huge = format!("http://h/{}", "a".repeat(source::MAX_SOURCE));
+    assert!(matches!(Source::parse(&huge), Err(Error::InvalidArgs(_))));
+}
+
+#[test]
+fn image_names_with_control_characters_are_refused() {
+    let (_tmp, s) = store();
+    // A file put in by hand with such a name is not listed either.
+    std::fs::write(s.dir().join("x\n.img"), b"x").unwrap();
+    std::fs::write(s.dir().join("ok.img"), b"x").unwrap();
+    let names: Vec<String> = s.list().unwrap().into_iter().map(|i| i.name).collect();
+    assert_eq!(names, ["ok.img"]);
+    for bad in ["a\0b.img", "x\n.img", "nightly/\u{1b}[2J.img"] {
+        assert!(
+            matches!(s.resolve(bad), Err(Error::InvalidArgs(_))),
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
+fn the_fuzz_entry_point_survives_mutated_sources() {
+    for seed in super::fuzz::SEEDS {
+        super::fuzz::source(seed.as_bytes()).unwrap();
+    }
+    assert_eq!(
+        super::fuzz::source(b"http://h/rootfs.img.xz").unwrap(),
+        Some("rootfs.img".to_string())
+    );
+    super::fuzz::mutations(4000).unwrap();
 }
 
 #[test]

@@ -13,35 +13,56 @@
 //! board's gate. pdudaemon's protocols carry no identity, so requests act as the
 //! `[pdudaemon_api] identity` the admin configured (a label by default, which holds no lease:
 //! while anyone holds the board, switching through here is refused with HTTP 403 or `nack`),
-//! and each is audited as `Power.On`/`Off`/`Cycle` via `pdudaemon-api`.
+//! and each is audited as `Power.On`/`Off`/`Cycle` via `pdudaemon-api` with the peer's address.
+//!
+//! Every peer is a stranger: a listener serves at most [`MAX_CONNECTIONS`] connections at once
+//! (the next get `503` and are closed at once), a request must arrive whole within
+//! [`READ_DEADLINE`] and within the size bounds of [`request`], and only a complete, valid
+//! request runs: a half-sent one is answered `408` or `400` (`nack`) and never executed.
 //!
 //! The HTTP side is written by hand for the same reason as the pdudaemon backend: one
 //! request line in, one short answer out.
 
+pub mod fuzz;
+pub mod request;
+
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use crate::access::{AccessError, Caller, Face, FaceError, Gate};
 use crate::board::Board;
 use crate::config::PduApiConfig;
 use crate::power::Power;
+pub use request::{Command, Refusal};
+use request::{HeadProgress, MAX_LINE, Target, http_progress, parse_http, parse_line};
 
-/// A switch request, parsed once at the edge.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Command {
-    On,
-    Off,
-    /// Off, wait, on; `None`: the board's `cycle_off_ms`.
-    Reboot(Option<Duration>),
-}
-
-/// Why a request is refused: (HTTP status, reason).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal(pub u16, pub String);
+/// Connections one listener serves at once. A LAVA dispatcher sends a handful of requests
+/// per job, one at a time; 32 is far above that, and bounds the descriptors, memory and
+/// queued power requests a flood can cost to 32 of each.
+pub const MAX_CONNECTIONS: usize = 32;
+/// How long a peer has to send its whole request, from the moment it was accepted.
+/// pdudaemon's clients send it at once; a request still incomplete after this is answered
+/// `408` and not executed.
+pub const READ_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a peer has to take its answer (a few hundred bytes) before it is dropped.
+const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+/// After answering, how long and how much of what the peer still sends is read and thrown
+/// away, so that closing with unread bytes does not reset the connection under the answer
+/// (a 431 to a client still sending its headers).
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 64 * 1024;
+/// A backstop for one connection, far above any legitimate request (read, the switch with
+/// its longest delay and retries, the answer): nothing keeps a task forever.
+const CONNECTION_BOUND: Duration = Duration::from_secs(300);
+/// At most one log line per listener per this period about refused peers (a flood must not
+/// become a flood of log lines); the lines say how many were not logged.
+const LOG_PERIOD: Duration = Duration::from_secs(1);
 
 impl From<AccessError> for Refusal {
     fn from(e: AccessError) -> Self {
@@ -60,157 +81,6 @@ impl FaceError for Refusal {
     }
 }
 
-/// Longest request head we read; pdudaemon requests are one short line.
-const MAX_HEAD: usize = 8192;
-/// Longest delay a request may ask for.
-const MAX_DELAY: Duration = Duration::from_secs(600);
-
-fn parse_command(word: &str, delay: Option<&str>) -> Result<Command, Refusal> {
-    let delay = match delay {
-        None | Some("") => None,
-        Some(d) => {
-            let secs: f64 = d
-                .parse()
-                .map_err(|_| Refusal(400, format!("bad delay {d:?}: expected seconds")))?;
-            if !(secs.is_finite() && secs >= 0.0 && secs <= MAX_DELAY.as_secs_f64()) {
-                return Err(Refusal(
-                    400,
-                    format!("delay {d} is outside 0..{} s", MAX_DELAY.as_secs()),
-                ));
-            }
-            Some(Duration::from_secs_f64(secs))
-        }
-    };
-    match word {
-        "on" => Ok(Command::On),
-        "off" => Ok(Command::Off),
-        "reboot" => Ok(Command::Reboot(delay)),
-        other => Err(Refusal(
-            400,
-            format!("unknown command {other:?}: expected on, off or reboot"),
-        )),
-    }
-}
-
-/// Checks that a request is for this board's PDU and port.
-fn check_target(
-    config: &PduApiConfig,
-    hostname: Option<&str>,
-    port: Option<&str>,
-) -> Result<(), Refusal> {
-    let hostname = hostname.ok_or(Refusal(400, "missing hostname".to_string()))?;
-    let port = port.ok_or(Refusal(400, "missing port".to_string()))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| Refusal(400, format!("bad port {port:?}: expected a number")))?;
-    if hostname != config.hostname || port != config.port {
-        return Err(Refusal(
-            404,
-            format!(
-                "no PDU {hostname} port {port} here: this rtmd serves {} port {} only",
-                config.hostname, config.port
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Parses an HTTP request head into a command.
-pub fn parse_http(config: &PduApiConfig, head: &str) -> Result<Command, Refusal> {
-    let line = head.lines().next().unwrap_or("");
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return Err(Refusal(400, "malformed request line".to_string()));
-    };
-    if !version.starts_with("HTTP/1.") {
-        return Err(Refusal(400, "malformed request line".to_string()));
-    }
-    if method != "GET" {
-        return Err(Refusal(
-            405,
-            format!("method {method} not allowed: use GET"),
-        ));
-    }
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let Some(word) = path.strip_prefix("/power/control/") else {
-        return Err(Refusal(
-            404,
-            format!("no such path {path:?}: expected /power/control/on|off|reboot"),
-        ));
-    };
-    let params: Vec<(String, String)> = query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
-        })
-        .collect();
-    let get = |key: &str| {
-        params
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    };
-    // pdudaemon accepts `alias=` in place of hostname and port.
-    if let Some(alias) = get("alias") {
-        return if alias == config.hostname {
-            parse_command(word, get("delay"))
-        } else {
-            Err(Refusal(
-                404,
-                format!(
-                    "no alias {alias} here: this rtmd serves {} only",
-                    config.hostname
-                ),
-            ))
-        };
-    }
-    check_target(config, get("hostname"), get("port"))?;
-    parse_command(word, get("delay"))
-}
-
-/// Parses a legacy TCP request line (`PDU PORT COMMAND [DELAY]`).
-pub fn parse_line(config: &PduApiConfig, line: &str) -> Result<Command, Refusal> {
-    let fields: Vec<&str> = line.split_whitespace().collect();
-    if !(3..=4).contains(&fields.len()) {
-        return Err(Refusal(
-            400,
-            "expected: PDU PORT on|off|reboot [DELAY]".to_string(),
-        ));
-    }
-    check_target(config, Some(fields[0]), Some(fields[1]))?;
-    parse_command(fields[2], fields.get(3).copied())
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(
-                    std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
-                    16,
-                ) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 3;
-                        continue;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn http_response(code: u16, body: &str) -> String {
     let reason = match code {
         200 => "OK",
@@ -218,6 +88,9 @@ fn http_response(code: u16, body: &str) -> String {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        414 => "URI Too Long",
+        431 => "Request Header Fields Too Large",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         _ => "Error",
@@ -263,6 +136,60 @@ struct PduFace {
     gate: Gate,
 }
 
+/// One listener: its protocol, its connection slots, its throttled log of refusals.
+struct Listener {
+    face: PduFace,
+    http: bool,
+    slots: Arc<Semaphore>,
+    log: Mutex<Throttle>,
+}
+
+impl Listener {
+    fn protocol(&self) -> &'static str {
+        if self.http { "http" } else { "tcp" }
+    }
+
+    /// Logs a refused peer, at most once per [`LOG_PERIOD`].
+    fn refused(&self, peer: SocketAddr, why: &str) {
+        let Ok(mut log) = self.log.lock() else { return };
+        if let Some(also) = log.admit(Instant::now()) {
+            let more = if also > 0 {
+                format!(" (and {also} more refusals not logged)")
+            } else {
+                String::new()
+            };
+            warn!(
+                subsystem = "pdu-api",
+                "{} {peer}: refused: {why}{more}",
+                self.protocol()
+            );
+        }
+    }
+}
+
+/// Lets one line through per period; counts the others.
+#[derive(Default)]
+struct Throttle {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    /// `Some(n)`: log now, `n` lines were dropped since the last one.
+    fn admit(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(t) if now.duration_since(t) < LOG_PERIOD => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
 /// Binds the configured listeners (a taken port is a start-up error) and serves them.
 /// Nothing to do for a board without `[pdudaemon_api]` (or without power).
 pub async fn start(board: &Board) -> Result<(), String> {
@@ -279,80 +206,82 @@ pub async fn start(board: &Board) -> Result<(), String> {
             .await
             .map_err(|e| format!("pdudaemon API: cannot listen on {addr}: {e}"))
     };
-    if let Some(addr) = config.http {
-        let listener = bind(addr).await?;
-        tokio::spawn(accept(listener, face.clone(), true));
-    }
-    if let Some(addr) = config.tcp {
-        let listener = bind(addr).await?;
-        tokio::spawn(accept(listener, face, false));
+    for (addr, http) in [(config.http, true), (config.tcp, false)] {
+        let Some(addr) = addr else { continue };
+        let socket = bind(addr).await?;
+        let listener = Arc::new(Listener {
+            face: face.clone(),
+            http,
+            slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            log: Mutex::new(Throttle::default()),
+        });
+        tokio::spawn(accept(socket, listener));
     }
     Ok(())
 }
 
-async fn accept(listener: TcpListener, face: PduFace, http: bool) {
+async fn accept(socket: TcpListener, listener: Arc<Listener>) {
     loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let face = face.clone();
-                tokio::spawn(async move {
-                    // No credentials on this face: requests act as the configured identity.
-                    let caller = Caller::configured(
-                        &face.config.identity,
-                        Face::PduApi,
-                        format!("{} {peer}", if http { "http" } else { "tcp" }),
-                    );
-                    // A client that never finishes its request must not hold a task forever.
-                    let serve = serve(stream, &face, &caller, http);
-                    if tokio::time::timeout(Duration::from_secs(900), serve)
-                        .await
-                        .is_err()
-                    {
-                        warn!(
-                            subsystem = "pdu-api",
-                            "request from {peer} took too long; dropped"
-                        );
-                    }
-                });
-            }
+        let (stream, peer) = match socket.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
+                // Out of descriptors, most likely: wait for some to come back rather than
+                // spin; the other faces are not affected by this listener waiting.
                 warn!(subsystem = "pdu-api", "accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
-        }
+        };
+        let Ok(slot) = listener.slots.clone().try_acquire_owned() else {
+            turn_away(&stream, listener.http);
+            listener.refused(
+                peer,
+                &format!("{MAX_CONNECTIONS} connections are being served already"),
+            );
+            continue;
+        };
+        let listener = listener.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            // No credentials on this face: requests act as the configured identity.
+            let caller = Caller::configured(
+                &listener.face.config.identity,
+                Face::PduApi,
+                format!("{} {peer}", listener.protocol()),
+            );
+            let serve = serve(stream, peer, &listener, &caller);
+            if tokio::time::timeout(CONNECTION_BOUND, serve).await.is_err() {
+                warn!(
+                    subsystem = "pdu-api",
+                    "request from {peer} took longer than {} s; dropped",
+                    CONNECTION_BOUND.as_secs()
+                );
+            }
+        });
     }
 }
 
-async fn serve(mut stream: TcpStream, face: &PduFace, caller: &Caller, http: bool) {
-    let config = &face.config;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    let read = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-            // HTTP: up to the blank line. Legacy TCP: one read, as pdudaemon does (its
-            // clients send the line without a newline and wait for the answer).
-            let done = if http {
-                buf.windows(4).any(|w| w == b"\r\n\r\n")
-            } else {
-                true
-            };
-            if done || buf.len() >= MAX_HEAD {
-                break;
-            }
-        }
-    });
-    let _ = read.await;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let parsed = if http {
-        parse_http(config, &text)
+/// Answers a peer over the connection cap without reading anything from it, and closes.
+/// The answer is tiny and the socket's buffer empty, so one non-blocking write takes it.
+fn turn_away(stream: &TcpStream, http: bool) {
+    let answer = if http {
+        http_response(
+            503,
+            &format!("busy: {MAX_CONNECTIONS} requests are being served; try again"),
+        )
     } else {
-        parse_line(config, text.trim())
+        "nack\n".to_string()
     };
-    let outcome = match parsed {
+    let _ = stream.try_write(answer.as_bytes());
+}
+
+async fn serve(mut stream: TcpStream, peer: SocketAddr, listener: &Listener, caller: &Caller) {
+    let face = &listener.face;
+    let target = Target {
+        hostname: &face.config.hostname,
+        port: face.config.port,
+    };
+    let outcome = match read_request(&mut stream, &target, listener.http).await {
         Ok(command) => {
             info!(
                 subsystem = "pdu-api",
@@ -360,121 +289,131 @@ async fn serve(mut stream: TcpStream, face: &PduFace, caller: &Caller, http: boo
             );
             execute(&face.power, &face.gate, caller, command).await
         }
-        Err(refusal) => Err(refusal),
+        Err(refusal) => {
+            listener.refused(peer, &format!("{} {}", refusal.0, refusal.1));
+            Err(refusal)
+        }
     };
-    let answer = match (&outcome, http) {
+    let answer = match (&outcome, listener.http) {
         (Ok(()), true) => http_response(200, "OK - accepted request"),
         (Err(Refusal(code, reason)), true) => http_response(*code, reason),
         (Ok(()), false) => "ack\n".to_string(),
-        (Err(Refusal(_, reason)), false) => {
-            warn!(subsystem = "pdu-api", "refused: {reason}");
-            "nack\n".to_string()
-        }
+        (Err(_), false) => "nack\n".to_string(),
     };
-    let _ = stream.write_all(answer.as_bytes()).await;
-    let _ = stream.shutdown().await;
+    let answered = tokio::time::timeout(WRITE_DEADLINE, async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await;
+    if matches!(answered, Ok(Ok(()))) {
+        linger(&mut stream).await;
+    }
+}
+
+/// Reads one request within [`READ_DEADLINE`]; only a complete, valid one is a command.
+async fn read_request(
+    stream: &mut TcpStream,
+    target: &Target<'_>,
+    http: bool,
+) -> Result<Command, Refusal> {
+    let deadline = tokio::time::Instant::now() + READ_DEADLINE;
+    let late = || {
+        Refusal(
+            408,
+            format!(
+                "the request did not arrive whole within {} s; nothing was done",
+                READ_DEADLINE.as_secs()
+            ),
+        )
+    };
+    if !http {
+        // Legacy TCP: one read, as pdudaemon does (its clients send the request without a
+        // newline and wait for the answer). One byte more than a request may have tells
+        // an oversized one.
+        let mut line = [0u8; MAX_LINE + 1];
+        return match tokio::time::timeout_at(deadline, stream.read(&mut line)).await {
+            Err(_) => Err(late()),
+            Ok(Err(e)) => Err(Refusal(400, format!("reading the request: {e}"))),
+            Ok(Ok(0)) => Err(Refusal(400, "no request before the end".to_string())),
+            Ok(Ok(n)) => parse_line(target, line.get(..n).unwrap_or_default()),
+        };
+    }
+    let mut head = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Err(_) => return Err(late()),
+            Ok(Err(e)) => return Err(Refusal(400, format!("reading the request: {e}"))),
+            Ok(Ok(0)) => {
+                return Err(Refusal(
+                    400,
+                    "incomplete request: the connection ended before the blank line that \
+                     ends the request head; nothing was done"
+                        .to_string(),
+                ));
+            }
+            Ok(Ok(n)) => n,
+        };
+        head.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        match http_progress(&head) {
+            HeadProgress::NeedMore => {}
+            HeadProgress::Complete(end) => {
+                return parse_http(target, head.get(..end).unwrap_or_default());
+            }
+            HeadProgress::Refused(refusal) => return Err(refusal),
+        }
+    }
+}
+
+/// Reads and drops what the peer still sends, within [`LINGER`] and [`LINGER_BYTES`].
+async fn linger(stream: &mut TcpStream) {
+    let _ = tokio::time::timeout(LINGER, async {
+        let mut sink = [0u8; 4096];
+        let mut total = 0;
+        while total < LINGER_BYTES {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn cfg() -> PduApiConfig {
-        PduApiConfig {
-            http: None,
-            tcp: None,
-            hostname: "rpi4-01".into(),
-            port: 1,
-            identity: crate::access::Identity::Label("pdudaemon-api".into()),
+    #[test]
+    fn refusals_are_logged_once_per_period_with_a_count() {
+        let mut t = Throttle::default();
+        let start = Instant::now();
+        assert_eq!(t.admit(start), Some(0));
+        assert_eq!(t.admit(start), None);
+        assert_eq!(t.admit(start + Duration::from_millis(10)), None);
+        assert_eq!(t.admit(start + LOG_PERIOD), Some(2));
+        assert_eq!(t.admit(start + LOG_PERIOD * 3), Some(0));
+    }
+
+    #[test]
+    fn answers_name_their_status() {
+        for (code, reason) in [
+            (408, "Request Timeout"),
+            (414, "URI Too Long"),
+            (431, "Request Header Fields Too Large"),
+            (503, "Service Unavailable"),
+        ] {
+            let answer = http_response(code, "why");
+            assert!(
+                answer.starts_with(&format!("HTTP/1.1 {code} {reason}\r\n")),
+                "{answer}"
+            );
+            assert!(answer.ends_with("\r\n\r\nwhy\n"), "{answer}");
         }
     }
 
     #[test]
-    fn http_requests() {
-        let c = cfg();
-        let get = |path: &str| parse_http(&c, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"));
-        assert_eq!(
-            get("/power/control/on?hostname=rpi4-01&port=1"),
-            Ok(Command::On)
-        );
-        assert_eq!(
-            get("/power/control/off?port=1&hostname=rpi4-01"),
-            Ok(Command::Off)
-        );
-        assert_eq!(
-            get("/power/control/reboot?hostname=rpi4-01&port=1&delay=2.5"),
-            Ok(Command::Reboot(Some(Duration::from_millis(2500))))
-        );
-        assert_eq!(
-            get("/power/control/reboot?alias=rpi4-01"),
-            Ok(Command::Reboot(None))
-        );
-        assert_eq!(
-            get("/power/control/on?hostname=rpi4%2d01&port=1"),
-            Ok(Command::On)
-        );
-        assert_eq!(
-            get("/power/control/on?hostname=other&port=1")
-                .unwrap_err()
-                .0,
-            404
-        );
-        assert_eq!(
-            get("/power/control/on?hostname=rpi4-01&port=2")
-                .unwrap_err()
-                .0,
-            404
-        );
-        assert_eq!(
-            get("/power/control/on?hostname=rpi4-01&port=x")
-                .unwrap_err()
-                .0,
-            400
-        );
-        assert_eq!(
-            get("/power/control/on?hostname=rpi4-01").unwrap_err().0,
-            400
-        );
-        assert_eq!(
-            get("/power/control/toggle?hostname=rpi4-01&port=1")
-                .unwrap_err()
-                .0,
-            400
-        );
-        assert_eq!(
-            get("/power/control/reboot?hostname=rpi4-01&port=1&delay=-1")
-                .unwrap_err()
-                .0,
-            400
-        );
-        assert_eq!(get("/status").unwrap_err().0, 404);
-        assert_eq!(
-            parse_http(&c, "POST /power/control/on HTTP/1.1\r\n\r\n")
-                .unwrap_err()
-                .0,
-            405
-        );
-        assert_eq!(parse_http(&c, "garbage\r\n\r\n").unwrap_err().0, 400);
-        assert_eq!(parse_http(&c, "").unwrap_err().0, 400);
-    }
-
-    #[test]
-    fn legacy_lines() {
-        let c = cfg();
-        assert_eq!(parse_line(&c, "rpi4-01 1 on"), Ok(Command::On));
-        assert_eq!(
-            parse_line(&c, "rpi4-01 1 reboot 3"),
-            Ok(Command::Reboot(Some(Duration::from_secs(3))))
-        );
-        assert!(parse_line(&c, "rpi4-01 1").is_err());
-        assert!(parse_line(&c, "nope 1 on").is_err());
-        assert!(parse_line(&c, "rpi4-01 1 dance").is_err());
-    }
-
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode("a%20b+c"), "a b c");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz"), "%zz");
+    fn the_fuzz_entry_point_survives_mutated_requests() {
+        fuzz::mutations(3000).unwrap();
     }
 }

@@ -599,7 +599,7 @@ fn a_late_power_on_cannot_undo_on_stop_off() {
     // D-Bus: the board's name is gone.
     let line = err_line(&d.rtmctl(&["power", "on"]), 1);
     assert!(line.contains("no rtmd serves board late-1"), "{line}");
-    // The pdudaemon API: refused, as the daemon holds the board while it stops (or no longer
+    // The pdudaemon API: refused, as the gate is closed while the daemon stops (or no longer
     // listening: curl's 000), never executed.
     let out = Command::new("curl")
         .args(["-s", "-w", "\n%{http_code}"])
@@ -610,7 +610,7 @@ fn a_late_power_on_cannot_undo_on_stop_off() {
         .unwrap();
     let answer = text(&out.stdout);
     assert!(
-        answer == "\n000" || (answer.ends_with("\n403") && answer.contains("\"rtmd (stopping)\"")),
+        answer == "\n000" || (answer.ends_with("\n503") && answer.contains("rtmd is stopping")),
         "{answer}"
     );
 

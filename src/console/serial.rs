@@ -557,3 +557,96 @@ fn break_ctl(fd: std::os::fd::RawFd, on: bool) -> Result<(), ConsoleError> {
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call() -> (Typist, oneshot::Receiver<Result<(), ConsoleError>>) {
+        let (tx, rx) = oneshot::channel();
+        (Typist::Call(tx), rx)
+    }
+
+    #[test]
+    fn a_send_is_answered_once_its_last_byte_is_written() {
+        let mut q = InputQueue::default();
+        let (a, mut ra) = call();
+        let (b, mut rb) = call();
+        q.push(b"hello", a);
+        q.push(b"world", b);
+        q.wrote(4);
+        assert!(ra.try_recv().is_err(), "answered before its last byte");
+        q.wrote(1);
+        assert_eq!(ra.try_recv().unwrap(), Ok(()));
+        q.wrote(5);
+        assert_eq!(rb.try_recv().unwrap(), Ok(()));
+        assert!(q.pending.is_empty() && q.unwritten.is_empty());
+    }
+
+    #[test]
+    fn input_queued_when_the_device_goes_fails_each_sender() {
+        let mut q = InputQueue::default();
+        let (notice, mut told) = mpsc::channel(4);
+        let client = |label: &str| Typist::Client {
+            label: label.to_string(),
+            notice: notice.clone(),
+        };
+        q.push(b"typed", client("127.0.0.1:5000"));
+        q.push(b" more", client("127.0.0.1:5000"));
+        assert_eq!(q.pending.len(), 1, "one client's run of input is one entry");
+        let (s, mut rs) = call();
+        q.push(&[b'x'; 100], s);
+        q.wrote(3);
+        let log = q.fail_all("/dev/ttyUSB0", "Input/output error").unwrap();
+        assert_eq!(
+            log,
+            "107 bytes of console input were not written (typed by 127.0.0.1:5000, Send)"
+        );
+        assert_eq!(
+            rs.try_recv().unwrap(),
+            Err(ConsoleError::Hardware(
+                "the console device /dev/ttyUSB0 went away before 100 bytes of input were \
+                 written (Input/output error)"
+                    .to_string()
+            ))
+        );
+        let line = told.try_recv().unwrap();
+        assert_eq!(
+            &line[..],
+            b"\r\n[rtmd: the console device /dev/ttyUSB0 went away before 7 bytes of input \
+              were written (Input/output error)]\r\n"
+        );
+        assert!(
+            q.fail_all("/dev/ttyUSB0", "again").is_none(),
+            "nothing left"
+        );
+    }
+
+    #[test]
+    fn breaks_join_the_pending_one_and_input_after_waits_for_it() {
+        let mut q = InputQueue::default();
+        let mut replies = Vec::new();
+        for i in 0..2048 {
+            let (tx, rx) = oneshot::channel();
+            replies.push(rx);
+            assert!(q.accepts());
+            q.take(Input::Break {
+                from: format!("client {i}"),
+                reply: Some(tx),
+            });
+        }
+        let (s, mut rs) = call();
+        q.take(Input::Data {
+            data: Bytes::from_static(b"b"),
+            from: s,
+        });
+        assert!(!q.accepts(), "nothing more until the break is over");
+        assert!(q.unwritten.is_empty(), "input after a break waits for it");
+        let b = q.end_break(Ok(())).unwrap();
+        assert_eq!((b.from.as_str(), b.joined), ("client 0", 2047));
+        assert!(replies.iter_mut().all(|r| r.try_recv() == Ok(Ok(()))));
+        assert_eq!(&q.unwritten[..], b"b");
+        q.wrote(1);
+        assert_eq!(rs.try_recv().unwrap(), Ok(()));
+    }
+}

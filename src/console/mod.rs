@@ -261,6 +261,9 @@ impl Console {
             )));
         }
         let slot = self.waiters.enter(caller)?;
+        // Listening starts before the pattern is compiled: a call counted in `Waiters` sees
+        // all output from then on (what comes meanwhile waits in the subscription).
+        let sub = self.hub.subscribe(false, &format!("WaitFor of {caller}"));
         // Compiling a pattern near the limits takes milliseconds: not on the runtime thread.
         let text = pattern.to_string();
         let pattern = tokio::task::spawn_blocking(move || Pattern::compile(&text))
@@ -268,7 +271,6 @@ impl Console {
             .map_err(|e| ConsoleError::Hardware(format!("compiling the pattern failed: {e}")))??;
         let pattern = Arc::new(pattern);
         let matcher = Matcher::new(pattern.clone())?;
-        let sub = self.hub.subscribe(false, &format!("WaitFor of {caller}"));
         match tokio::time::timeout(timeout, watch_output(sub, matcher, slot)).await {
             Ok(result) => result,
             Err(_) => Err(ConsoleError::Timeout(format!(

@@ -216,7 +216,12 @@ pub struct Owner {
     /// The log could not be written last time (warned about once).
     log_failing: bool,
     queue: InputQueue,
+    /// Clients told, since the port went away, that their typing was not written: one line
+    /// each per outage (at most [`TOLD_MAX`] remembered, then the rest are not told).
+    told: Vec<String>,
 }
+
+const TOLD_MAX: usize = 64;
 
 impl Owner {
     pub fn new(
@@ -234,6 +239,7 @@ impl Owner {
             log,
             log_failing: false,
             queue: InputQueue::default(),
+            told: Vec::new(),
         }
     }
 }
@@ -301,6 +307,7 @@ impl Owner {
                     );
                     self.note("console device connected");
                     self.set(true, None);
+                    self.told.clear();
                     last_reason.clear();
                     backoff = BACKOFF_MIN;
                     let reason = match self.pump(port).await {
@@ -460,22 +467,20 @@ impl Owner {
     /// Waits `delay` while the port is away, answering requests; false when stopping.
     async fn wait_disconnected(&mut self, delay: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + delay;
-        // Clients told already in this wait (one line each, not one per keystroke).
-        let mut told: Vec<String> = Vec::new();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => return true,
                 input = self.input.recv() => match input {
                     None => return false,
-                    Some(input) => self.refuse(input, &mut told),
+                    Some(input) => self.refuse(input),
                 },
             }
         }
     }
 
     /// Input while the port is away: a `Send` or break gets `NotConnected`, a client a line
-    /// in its stream (once per wait), the journal a line per client.
-    fn refuse(&mut self, input: Input, told: &mut Vec<String>) {
+    /// in its stream (once per outage), the journal a line per client.
+    fn refuse(&mut self, input: Input) {
         let device = self.config.device.display().to_string();
         match input {
             Input::Data {
@@ -488,7 +493,7 @@ impl Owner {
                 data,
                 from: Typist::Client { label, notice },
             } => {
-                if !told.contains(&label) {
+                if !self.told.contains(&label) && self.told.len() < TOLD_MAX {
                     warn!(
                         subsystem = "console",
                         "{} bytes typed by {label} not written: {device} is not connected",
@@ -497,7 +502,7 @@ impl Owner {
                     let _ = notice.try_send(Bytes::from(format!(
                         "\r\n[rtmd: input not written: the console device {device} is not connected]\r\n"
                     )));
-                    told.push(label);
+                    self.told.push(label);
                 }
             }
             Input::Break { reply, .. } => {

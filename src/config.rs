@@ -195,6 +195,8 @@ pub struct ConsoleConfig {
     /// Who the telnet and raw TCP listeners act as when their clients type (`tcp_identity`;
     /// default: the label `console-tcp`).
     pub tcp_identity: Identity,
+    /// Connections at once per listener (`tcp`, `tcp_raw`, `unix`, and `Attach` sockets).
+    pub max_clients: usize,
 }
 
 /// The `[images]` section: the one image folder (`docs/images.md`).
@@ -383,6 +385,7 @@ struct RawConsole {
     input: S<String>,
     client_buffer_kib: S<u32>,
     tcp_identity: S<String>,
+    max_clients: S<u32>,
 }
 
 #[derive(Deserialize)]
@@ -1007,6 +1010,12 @@ fn validate_console(cx: &Cx<'_>, c: &RawConsole) -> Result<ConsoleConfig, Config
     {
         return Err(cx.at(v, "client_buffer_kib must be between 16 and 1048576"));
     }
+    let max_clients = c.max_clients.as_ref().map_or(64, |v| *v.get_ref());
+    if let Some(v) = &c.max_clients
+        && !(1..=4096).contains(&max_clients)
+    {
+        return Err(cx.at(v, "max_clients must be between 1 and 4096"));
+    }
     Ok(ConsoleConfig {
         device,
         baud: c.baud.as_ref().map_or(115_200, |v| *v.get_ref()),
@@ -1049,6 +1058,7 @@ fn validate_console(cx: &Cx<'_>, c: &RawConsole) -> Result<ConsoleConfig, Config
         )?,
         client_buffer: client_kib as usize * 1024,
         tcp_identity: identity(cx, &c.tcp_identity, "tcp_identity", "console-tcp")?,
+        max_clients: max_clients as usize,
     })
 }
 

@@ -432,12 +432,20 @@ fn unplug_and_replug_keeps_clients_and_logs_it() {
 fn wait_for_matches_live_output_and_times_out_by_name() {
     let mut r = rig("");
     let name = rtmd::bus::bus_name("con-1");
-    // Output before the call is not matched: only what comes after.
+    // Output before the call is not matched: only what comes after. (A client has read the
+    // old prompt: it was published before the call began.)
+    let mut watcher = tcp(&addr(&r.daemon, "TcpRawAddress"));
+    eventually("watcher counted", || {
+        r.daemon.property("org.rtmd.Dut1.Console", "Clients") == "u 1"
+    });
     r.board.write_all(b"old prompt login: \n").unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    read_until(&mut watcher, b"old prompt login: \n");
     let cmd = wait_for_call(&r.daemon.bus, "con-1", r"login: *$|(\w+) login:", 5000);
     let waiter = Proc::spawn("busctl WaitFor", cmd, true);
-    std::thread::sleep(Duration::from_millis(300));
+    // A call counts in `Waiters` once it listens.
+    eventually("the call listens", || {
+        r.daemon.property("org.rtmd.Dut1.Console", "Waiters") == "u 1"
+    });
     r.board.write_all(b"booting\r\nrpi4 login: ").unwrap();
     waiter.wait_line("s \"rpi4 login:\"");
 
@@ -878,7 +886,9 @@ fn the_simulated_board_boots_when_rtmd_switches_its_power() {
 
     let cmd = wait_for_call(&d.bus, "rpi4-01", "rpi4-01 login: $", 20000);
     let waiter = Proc::spawn("busctl WaitFor", cmd, true);
-    std::thread::sleep(Duration::from_millis(200));
+    eventually("the call listens", || {
+        d.property("org.rtmd.Dut1.Console", "Waiters") == "u 1"
+    });
     assert_eq!(ok_line(&d.rtmctl(&["power", "on"])), "rpi4-01: power on");
     waiter.wait_line("s \"rpi4-01 login: \"");
     strip.wait_line("board login prompt");

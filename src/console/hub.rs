@@ -3,8 +3,10 @@
 //!
 //! Each subscriber has an unbounded queue and a byte count of what is queued. Publishing
 //! never blocks; a subscriber whose queue would exceed `client_buffer` is dropped (its
-//! connection is closed) rather than allowed to stall the board or the others, or to receive a
-//! stream with silent holes in it: a test log with missing bytes is worse than a reconnect.
+//! connection is closed, or its `WaitFor` fails) rather than allowed to stall the board or the
+//! others, or to receive a stream with silent holes in it: a test log with missing bytes is
+//! worse than a reconnect. The queued chunks are the serial owner's buffers, shared by every
+//! subscriber, so many stalled clients cost the buffer once, not once each.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -102,12 +104,20 @@ impl Hub {
         let before = guard.1.len();
         guard.1.retain(|slot| {
             let queued = slot.queued.fetch_add(chunk.len(), Ordering::Relaxed) + chunk.len();
-            if queued > limit && slot.counted {
+            // A `WaitFor` whose pattern is slower than the board is dropped the same way:
+            // nothing in the hub waits for anyone.
+            if queued > limit {
                 tracing::warn!(
                     subsystem = "console",
-                    "dropping console client {}: more than {} KiB of output not read",
+                    "dropping {} {}: more than {} KiB of output not {}",
+                    if slot.counted {
+                        "console client"
+                    } else {
+                        "the"
+                    },
                     slot.label,
-                    limit / 1024
+                    limit / 1024,
+                    if slot.counted { "read" } else { "matched" }
                 );
                 return false;
             }

@@ -5,11 +5,19 @@
 //!
 //! New clients get only what the board prints after they connected: LAVA matches prompts in
 //! what it reads, and a replay of old output could match an old prompt. History is the log.
+//!
+//! Every front end is hostile (listener.rs): a connection cap per listener, a descriptor
+//! reserve, backpressure on what a client sends (its input waits for the port, its telnet
+//! negotiation answers for the client to read them) and on what it receives (the hub drops
+//! a client too far behind).
 
+pub mod fuzz;
 mod hub;
+mod listener;
 pub mod log;
 mod serial;
 pub mod telnet;
+pub mod wait;
 
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::PathBuf;
@@ -19,13 +27,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use crate::access::{Caller, Face, Gate, InputSession, Permit, bytes_summary};
 use crate::config::ConsoleConfig;
 use hub::Hub;
-use serial::{Input, Owner};
+use listener::{AcceptBackoff, Slots};
+use serial::{Input, Owner, Typist};
+use wait::{Matcher, Pattern, WaiterSlot, Waiters};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ConsoleError {
@@ -40,6 +50,13 @@ pub enum ConsoleError {
     /// A front end could not be set up at start (port taken, socket path unusable).
     #[error("{0}")]
     Setup(String),
+    /// One caller's share of something is used up (its `WaitFor` calls), or a `WaitFor`
+    /// could not keep up: `org.freedesktop.DBus.Error.LimitsExceeded`.
+    #[error("{0}")]
+    Limit(String),
+    /// The board's share is used up (`WaitFor` calls in all, `Attach` sockets): retry later.
+    #[error("{0}")]
+    Busy(String),
 }
 
 /// What the console publishes for properties.
@@ -62,14 +79,22 @@ pub struct Console {
     tcp_raw: Option<std::net::SocketAddr>,
     /// Every client's typing passes it: the front ends here are faces too.
     gate: Gate,
+    /// The places of the sockets `Attach` hands out (the listeners have their own).
+    attached: Arc<Slots>,
+    waiters: Arc<Waiters>,
 }
 
 /// Longest a `WaitFor` may wait: a mistake beyond that, not a boot.
 pub const MAX_WAIT: Duration = Duration::from_secs(3600);
 /// Most output gathered into one write to a client.
 const BATCH: usize = 256 * 1024;
-/// How much recent output `WaitFor` keeps to match against.
-const WAIT_WINDOW: usize = 64 * 1024;
+/// Most output handed to a `WaitFor`'s matcher at once.
+const WAIT_BATCH: usize = 1 << 20;
+/// Most negotiation answers (and rtmd's own notices) queued for one client: past that its
+/// input is not read until it reads them.
+const REPLIES_QUEUED: usize = 4;
+/// Most read from a client at once (a telnet client's answers are at most as long).
+const READ_CHUNK: usize = 4096;
 
 impl Console {
     /// Opens the log, binds the front ends (failing if one cannot be bound: a port taken by
@@ -131,24 +156,22 @@ impl Console {
             tcp: tcp.as_ref().and_then(|l| l.local_addr().ok()),
             tcp_raw: tcp_raw.as_ref().and_then(|l| l.local_addr().ok()),
             gate,
+            attached: Arc::new(Slots::new("Attach", config.max_clients)),
+            waiters: Waiters::new(),
         };
         if let Some(l) = tcp {
-            tokio::spawn(accept_tcp(l, console.clone(), true));
+            let slots = Slots::new("tcp", config.max_clients);
+            tokio::spawn(accept_tcp(l, console.clone(), true, slots));
         }
         if let Some(l) = tcp_raw {
-            tokio::spawn(accept_tcp(l, console.clone(), false));
+            let slots = Slots::new("tcp_raw", config.max_clients);
+            tokio::spawn(accept_tcp(l, console.clone(), false, slots));
         }
         if let Some(l) = unix {
-            tokio::spawn(accept_unix(l, console.clone()));
+            let slots = Slots::new("unix", config.max_clients);
+            tokio::spawn(accept_unix(l, console.clone(), slots));
         }
-        let owner = Owner {
-            config: config.clone(),
-            hub,
-            input: input_rx,
-            status: status_tx,
-            log,
-            log_failing: false,
-        };
+        let owner = Owner::new(config.clone(), hub, input_rx, status_tx, log);
         tokio::spawn(owner.run());
         Ok(console)
     }
@@ -185,24 +208,38 @@ impl Console {
         *self.hub.clients().borrow()
     }
 
-    /// Sends bytes to the board.
+    /// `WaitFor` calls in progress, as a watch for the `Waiters` property.
+    pub fn subscribe_waiters(&self) -> watch::Receiver<u32> {
+        self.waiters.count()
+    }
+
+    /// Sends bytes to the board; returns once the port took the last of them (`write`
+    /// returned), or fails naming the device if it went away first.
     pub async fn send(&self, _: &Permit, data: Bytes) -> Result<(), ConsoleError> {
         if !self.status.borrow().connected {
             return Err(ConsoleError::NotConnected(self.device()));
         }
+        let (tx, rx) = oneshot::channel();
+        let gone = || ConsoleError::Hardware("the console task has stopped".to_string());
         self.input
-            .send(Input::Data(data))
+            .send(Input::Data {
+                data,
+                from: Typist::Call(tx),
+            })
             .await
-            .map_err(|_| ConsoleError::Hardware("the console task has stopped".to_string()))
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
     }
 
+    /// A break on the line; returns once it was held (breaks requested meanwhile, from any
+    /// face, are the same break).
     pub async fn send_break(&self, permit: &Permit) -> Result<(), ConsoleError> {
         let (tx, rx) = oneshot::channel();
         let gone = || ConsoleError::Hardware("the console task has stopped".to_string());
         self.input
             .send(Input::Break {
                 from: format!("{} SendBreak", permit.caller().face().as_str()),
-                reply: tx,
+                reply: Some(tx),
             })
             .await
             .map_err(|_| gone())?;
@@ -210,41 +247,35 @@ impl Console {
     }
 
     /// Waits until the live output (from now on) matches `pattern`; returns the match.
-    pub async fn wait_for(&self, pattern: &str, timeout: Duration) -> Result<String, ConsoleError> {
-        let re = regex::Regex::new(pattern).map_err(|e| {
-            ConsoleError::InvalidArgument(format!("invalid regex {pattern:?}: {e}"))
-        })?;
+    /// `caller` names who asks (a D-Bus unique name), for the per-caller limit (wait.rs).
+    pub async fn wait_for(
+        &self,
+        caller: &str,
+        pattern: &str,
+        timeout: Duration,
+    ) -> Result<String, ConsoleError> {
         if timeout > MAX_WAIT {
             return Err(ConsoleError::InvalidArgument(format!(
                 "timeout longer than {} s",
                 MAX_WAIT.as_secs()
             )));
         }
-        let mut sub = self.hub.subscribe(false, "WaitFor");
-        let mut window = String::new();
-        let search = async {
-            while let Some(chunk) = sub.recv().await {
-                window.push_str(&String::from_utf8_lossy(&chunk));
-                if let Some(m) = re.find(&window) {
-                    return Some(m.as_str().to_string());
-                }
-                if window.len() > WAIT_WINDOW {
-                    // Keep the tail; a match straddling the cut is kept whole if it is
-                    // shorter than half the window.
-                    let mut cut = window.len() - WAIT_WINDOW / 2;
-                    while !window.is_char_boundary(cut) {
-                        cut += 1;
-                    }
-                    window.drain(..cut);
-                }
-            }
-            None
-        };
-        match tokio::time::timeout(timeout, search).await {
-            Ok(Some(m)) => Ok(m),
-            Ok(None) => Err(ConsoleError::Hardware("the console stopped".to_string())),
+        let slot = self.waiters.enter(caller)?;
+        // Listening starts before the pattern is compiled: a call counted in `Waiters` sees
+        // all output from then on (what comes meanwhile waits in the subscription).
+        let sub = self.hub.subscribe(false, &format!("WaitFor of {caller}"));
+        // Compiling a pattern near the limits takes milliseconds: not on the runtime thread.
+        let text = pattern.to_string();
+        let pattern = tokio::task::spawn_blocking(move || Pattern::compile(&text))
+            .await
+            .map_err(|e| ConsoleError::Hardware(format!("compiling the pattern failed: {e}")))??;
+        let pattern = Arc::new(pattern);
+        let matcher = Matcher::new(pattern.clone())?;
+        match tokio::time::timeout(timeout, watch_output(sub, matcher, slot)).await {
+            Ok(result) => result,
             Err(_) => Err(ConsoleError::Timeout(format!(
-                "no console output matched {pattern:?} within {} ms",
+                "no console output matched {:?} within {} ms",
+                pattern.text(),
                 timeout.as_millis()
             ))),
         }
@@ -252,10 +283,17 @@ impl Console {
 
     /// A socket that is a raw console client, for a caller that gets it over D-Bus; what
     /// is typed into it passes the gate as the caller who attached it.
-    pub fn attach(&self, permit: &Permit) -> std::io::Result<StdUnixStream> {
-        let (ours, theirs) = StdUnixStream::pair()?;
-        ours.set_nonblocking(true)?;
-        let stream = tokio::net::UnixStream::from_std(ours)?;
+    pub fn attach(&self, permit: &Permit) -> Result<StdUnixStream, ConsoleError> {
+        let failed = |e: std::io::Error| {
+            ConsoleError::Hardware(format!("cannot create a console socket: {e}"))
+        };
+        let (ours, theirs) = StdUnixStream::pair().map_err(failed)?;
+        let place = self
+            .attached
+            .admit(&ours)
+            .map_err(|why| ConsoleError::Busy(format!("cannot attach: {why}")))?;
+        ours.set_nonblocking(true).map_err(failed)?;
+        let stream = tokio::net::UnixStream::from_std(ours).map_err(failed)?;
         let session = self
             .gate
             .input_session(permit.caller().clone(), "Console.Input");
@@ -265,16 +303,63 @@ impl Console {
             false,
             "D-Bus Attach".to_string(),
             session,
+            place,
         ));
         Ok(theirs)
     }
 }
 
-async fn accept_tcp(listener: TcpListener, console: Console, telnet: bool) {
+/// Feeds the board's output to `matcher` until it matches. The matching runs on the
+/// blocking pool, a batch at a time: however slow the pattern, the fan-out and the runtime
+/// thread never wait for it; if it falls behind by more than the client buffer, the hub
+/// drops its subscription and the call ends with `Limit`.
+async fn watch_output(
+    mut sub: hub::Subscription,
+    mut matcher: Matcher,
+    _slot: WaiterSlot,
+) -> Result<String, ConsoleError> {
+    loop {
+        let Some(chunk) = sub.recv().await else {
+            return Err(ConsoleError::Limit(
+                "WaitFor fell too far behind the console output (its pattern is too slow \
+                 for it) and was dropped"
+                    .to_string(),
+            ));
+        };
+        let mut batch = chunk.to_vec();
+        sub.drain_ready(&mut batch, WAIT_BATCH);
+        let (back, found) = tokio::task::spawn_blocking(move || {
+            let found = matcher.feed(&batch);
+            (matcher, found)
+        })
+        .await
+        .map_err(|e| ConsoleError::Hardware(format!("matching failed: {e}")))?;
+        matcher = back;
+        if let Some(m) = found? {
+            return Ok(m);
+        }
+    }
+}
+
+async fn accept_tcp(listener: TcpListener, console: Console, telnet: bool, slots: Slots) {
+    let mut backoff = AcceptBackoff::default();
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                if let Some(line) = backoff.succeeded() {
+                    info!(subsystem = "console", "{line}");
+                }
+                let place = match slots.admit(&stream) {
+                    Ok(place) => place,
+                    Err(why) => {
+                        if let Ok(s) = stream.into_std() {
+                            listener::refuse(s, &why);
+                        }
+                        continue;
+                    }
+                };
                 let _ = stream.set_nodelay(true);
+                listener::keepalive(&stream);
                 // TCP carries no identity: the port acts as the admin configured.
                 let caller = Caller::configured(
                     &console.config.tcp_identity,
@@ -288,20 +373,37 @@ async fn accept_tcp(listener: TcpListener, console: Console, telnet: bool) {
                     telnet,
                     peer.to_string(),
                     session,
+                    place,
                 ));
             }
             Err(e) => {
-                warn!(subsystem = "console", "accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                let (pause, line) = backoff.failed(&e);
+                if let Some(line) = line {
+                    warn!(subsystem = "console", "{} listener: {line}", slots.name);
+                }
+                tokio::time::sleep(pause).await;
             }
         }
     }
 }
 
-async fn accept_unix(listener: UnixListener, console: Console) {
+async fn accept_unix(listener: UnixListener, console: Console, slots: Slots) {
+    let mut backoff = AcceptBackoff::default();
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
+                if let Some(line) = backoff.succeeded() {
+                    info!(subsystem = "console", "{line}");
+                }
+                let place = match slots.admit(&stream) {
+                    Ok(place) => place,
+                    Err(why) => {
+                        if let Ok(s) = stream.into_std() {
+                            listener::refuse(s, &why);
+                        }
+                        continue;
+                    }
+                };
                 // The kernel says who connected; a peer it cannot name types as nobody's.
                 let caller = match stream.peer_cred() {
                     Ok(cred) => Caller::uid(
@@ -325,11 +427,15 @@ async fn accept_unix(listener: UnixListener, console: Console) {
                     false,
                     "unix socket".to_string(),
                     session,
+                    place,
                 ));
             }
             Err(e) => {
-                warn!(subsystem = "console", "accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                let (pause, line) = backoff.failed(&e);
+                if let Some(line) = line {
+                    warn!(subsystem = "console", "{} listener: {line}", slots.name);
+                }
+                tokio::time::sleep(pause).await;
             }
         }
     }
@@ -338,12 +444,18 @@ async fn accept_unix(listener: UnixListener, console: Console) {
 /// One client: board output to it, its input to the board, until either side ends. Each
 /// chunk of input passes `session` (the lease); refused input is dropped, and the client is
 /// told once per refusal, in plain text on its output.
+///
+/// What one client may cost is bounded: its unread output by the hub (`client_buffer`),
+/// one batch being written, and [`REPLIES_QUEUED`] answers of [`READ_CHUNK`] at most. A
+/// client that does not read its telnet answers stops being read itself: its input waits
+/// in its socket, then in its own TCP window, not in rtmd.
 async fn serve_client<S>(
     stream: S,
     console: Console,
     telnet: bool,
     label: String,
     mut session: InputSession,
+    _place: OwnedSemaphorePermit,
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -353,7 +465,7 @@ async fn serve_client<S>(
     if telnet && writer.write_all(&telnet::OPENING).await.is_err() {
         return;
     }
-    let (reply_tx, mut reply_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (reply_tx, mut reply_rx) = mpsc::channel::<Bytes>(REPLIES_QUEUED);
     let id_may_write = sub.id;
     let hub = console.hub.clone();
     let input = console.input.clone();
@@ -366,7 +478,14 @@ async fn serve_client<S>(
                     None => break,
                 },
                 reply = reply_rx.recv() => match reply {
-                    Some(r) => Bytes::from(r),
+                    // Answers and notices are rtmd's own bytes: never escaped.
+                    Some(r) => {
+                        tokio::select! {
+                            written = writer.write_all(&r) => if written.is_err() { break },
+                            _ = sub.dropped() => break,
+                        }
+                        continue;
+                    }
                     None => break,
                 },
             };
@@ -399,18 +518,25 @@ async fn serve_client<S>(
     let from_client = async {
         let mut decoder = telnet::Decoder::new();
         let mut refused = false;
-        let mut buf = vec![0u8; 4096];
+        let mut buf = vec![0u8; READ_CHUNK];
+        let typist = || Typist::Client {
+            label: label.clone(),
+            notice: reply_tx.clone(),
+        };
         loop {
             let n = match reader.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
+            let got = buf.get(..n).unwrap_or_default();
             if !telnet {
-                let data = buf.get(..n).unwrap_or_default();
                 if hub.may_write(id_may_write)
-                    && admitted(&mut session, &mut refused, data, &reply_tx)
+                    && admitted(&mut session, &mut refused, got, &reply_tx).await
                     && input
-                        .send(Input::Data(Bytes::copy_from_slice(data)))
+                        .send(Input::Data {
+                            data: Bytes::copy_from_slice(got),
+                            from: typist(),
+                        })
                         .await
                         .is_err()
                 {
@@ -418,9 +544,16 @@ async fn serve_client<S>(
                 }
                 continue;
             }
-            let mut decoded = decoder.decode(buf.get(..n).unwrap_or_default());
-            if !decoded.reply.is_empty() {
-                let _ = reply_tx.send(std::mem::take(&mut decoded.reply));
+            let mut decoded = decoder.decode(got);
+            // Backpressure: waits while the client has not read its earlier answers, so
+            // this loop reads no more of its input meanwhile.
+            if !decoded.reply.is_empty()
+                && reply_tx
+                    .send(Bytes::from(std::mem::take(&mut decoded.reply)))
+                    .await
+                    .is_err()
+            {
+                return;
             }
             if !hub.may_write(id_may_write) {
                 continue;
@@ -433,19 +566,24 @@ async fn serve_client<S>(
                     telnet::ToBoard::Break => b"<BREAK>".to_vec(),
                 })
                 .collect();
-            if steps.is_empty() || !admitted(&mut session, &mut refused, &typed, &reply_tx) {
+            if steps.is_empty() || !admitted(&mut session, &mut refused, &typed, &reply_tx).await {
                 continue;
             }
             for step in steps {
                 let sent = match step {
                     telnet::ToBoard::Data(data) => {
-                        input.send(Input::Data(Bytes::copy_from_slice(data))).await
+                        input
+                            .send(Input::Data {
+                                data: Bytes::copy_from_slice(data),
+                                from: typist(),
+                            })
+                            .await
                     }
+                    // A telnet client gets no answer to BREAK; the owner joins it to any
+                    // break pending (`input()` already made a run of them one).
                     telnet::ToBoard::Break => {
-                        // The reply is not awaited: a telnet client gets no answer to BREAK.
-                        let (tx, _rx) = oneshot::channel();
                         let from = format!("telnet BREAK from {label}");
-                        input.send(Input::Break { from, reply: tx }).await
+                        input.send(Input::Break { from, reply: None }).await
                     }
                 };
                 if sent.is_err() {
@@ -465,11 +603,11 @@ async fn serve_client<S>(
 
 /// Whether `session` admits this chunk of a client's input; the first refusal after input
 /// was admitted (or at first) is told to the client, so a typist is not left guessing.
-fn admitted(
+async fn admitted(
     session: &mut InputSession,
     refused: &mut bool,
     data: &[u8],
-    tell: &mpsc::UnboundedSender<Vec<u8>>,
+    tell: &mpsc::Sender<Bytes>,
 ) -> bool {
     match session.admit(|| bytes_summary(data)) {
         Ok(_permit) => {
@@ -479,7 +617,9 @@ fn admitted(
         Err(e) => {
             if !*refused {
                 *refused = true;
-                let _ = tell.send(format!("\r\n[rtmd: input not sent: {e}]\r\n").into_bytes());
+                let _ = tell
+                    .send(Bytes::from(format!("\r\n[rtmd: input not sent: {e}]\r\n")))
+                    .await;
             }
             false
         }

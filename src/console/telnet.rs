@@ -3,7 +3,10 @@
 //! answers to the client's option requests, IAC escaping both ways, and `BREAK`.
 //!
 //! [`Decoder`] is a byte-at-a-time state machine, so a command split across TCP reads is
-//! handled, and stray or garbage commands are consumed without reaching the board.
+//! handled, and stray or garbage commands are consumed without reaching the board. Over a
+//! connection its output is never longer than its input (data and answers each at most as
+//! long; one read's answers at most 2 bytes longer than the read, for a command split across
+//! reads), which lets the front end bound a client's answers by bounding what it reads.
 
 pub const IAC: u8 = 255;
 pub const DONT: u8 = 254;
@@ -55,19 +58,23 @@ pub enum ToBoard<'a> {
 }
 
 impl Decoded {
-    /// The data and breaks in the order they came, without empty data steps.
+    /// The data and breaks in the order they came, without empty data steps; breaks with no
+    /// data between them are one break (a line held low twice in a row is held low once:
+    /// 2,048 `IAC BRK` in one read are one break, not 2,048 quarter-seconds).
     pub fn input(&self) -> Vec<ToBoard<'_>> {
         let mut steps = Vec::new();
         let mut from = 0;
         for &at in &self.breaks {
             if at > from {
-                steps.push(ToBoard::Data(&self.data[from..at]));
+                steps.push(ToBoard::Data(self.data.get(from..at).unwrap_or_default()));
             }
-            steps.push(ToBoard::Break);
-            from = at;
+            if steps.last() != Some(&ToBoard::Break) {
+                steps.push(ToBoard::Break);
+            }
+            from = from.max(at);
         }
         if from < self.data.len() {
-            steps.push(ToBoard::Data(&self.data[from..]));
+            steps.push(ToBoard::Data(self.data.get(from..).unwrap_or_default()));
         }
         steps
     }
@@ -245,14 +252,61 @@ mod tests {
             d.input(),
             [ToBoard::Data(b"\n"), ToBoard::Break, ToBoard::Data(b"b")]
         );
+        // Breaks with nothing between them are one.
         let d = Decoded {
             data: b"x".to_vec(),
             breaks: vec![0, 0],
             reply: Vec::new(),
         };
+        assert_eq!(d.input(), [ToBoard::Break, ToBoard::Data(b"x")]);
+        let d = Decoded {
+            data: b"ab".to_vec(),
+            breaks: vec![1; 2048],
+            reply: Vec::new(),
+        };
         assert_eq!(
             d.input(),
-            [ToBoard::Break, ToBoard::Break, ToBoard::Data(b"x")]
+            [ToBoard::Data(b"a"), ToBoard::Break, ToBoard::Data(b"b")]
         );
+    }
+
+    /// The fuzz target's entry point (console/fuzz.rs) over mutations of a real session, as
+    /// a cheap stand-in for `cargo fuzz` in every test run (docs/config.md says how to run
+    /// the real fuzzer).
+    #[test]
+    fn the_fuzz_entry_point_survives_mutated_sessions() {
+        let mut seed = vec![3u8];
+        seed.extend_from_slice(&[IAC, DO, OPT_ECHO, IAC, WILL, 24, IAC, SB, 24, 0]);
+        seed.extend_from_slice(b"VT100");
+        seed.extend_from_slice(&[IAC, SE, b'l', b's', b'\r', 0, IAC, IAC, IAC, BRK, IAC, BRK]);
+        seed.extend_from_slice(&[b'\r', b'\n', IAC, DONT, OPT_SGA, IAC, WONT, 31, IAC, 241]);
+        assert_eq!(crate::console::fuzz::telnet_decoder(&seed), 6);
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..5000 {
+            let mut input = seed.clone();
+            for _ in 0..(next() % 8 + 1) {
+                let at = (next() as usize) % input.len();
+                match next() % 5 {
+                    0 => input[at] = next() as u8,
+                    1 => input[at] ^= 1 << (next() % 8),
+                    2 => input.truncate(at.max(1)),
+                    3 => input.insert(
+                        at,
+                        [IAC, DO, WILL, SB, SE, BRK, b'\r', 0][next() as usize % 8],
+                    ),
+                    _ => {
+                        let b = next().to_be_bytes();
+                        input.splice(at..at, b);
+                    }
+                }
+            }
+            let _ = crate::console::fuzz::telnet_decoder(&input);
+        }
     }
 }

@@ -47,3 +47,20 @@ async fn input_first_lets_only_the_oldest_client_write() {
     drop(a);
     assert!(hub.may_write(b.id));
 }
+
+/// A `WaitFor` (not counted as a client) whose matching lags is dropped like a slow client:
+/// nothing queues for it without bound.
+#[tokio::test]
+async fn an_internal_reader_too_far_behind_is_dropped_too() {
+    let hub = Hub::new(100, ConsoleInput::All);
+    let mut waiter = hub.subscribe(false, "WaitFor of :1.7");
+    for _ in 0..20 {
+        hub.publish(&Bytes::from_static(b"0123456789"));
+    }
+    let mut got = 0;
+    while let Some(c) = waiter.recv().await {
+        got += c.len();
+    }
+    assert!(got <= 100, "{got}");
+    assert_eq!(*hub.clients().borrow(), 0);
+}

@@ -4,6 +4,15 @@
 //! `Connected=false` and reopens the same path with backoff until it is back. Clients stay
 //! connected throughout. A port missing at start is not fatal: it is simply not there yet.
 
+// TEMPORARY: removed when the lead fixes this file after the merge (issue 13 item 1)
+#![allow(
+    clippy::indexing_slicing,
+    clippy::string_slice,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;

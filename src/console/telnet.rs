@@ -5,6 +5,15 @@
 //! [`Decoder`] is a byte-at-a-time state machine, so a command split across TCP reads is
 //! handled, and stray or garbage commands are consumed without reaching the board.
 
+// TEMPORARY: removed when the lead fixes this file after the merge (issue 13 item 1)
+#![allow(
+    clippy::indexing_slicing,
+    clippy::string_slice,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
 pub const IAC: u8 = 255;
 pub const DONT: u8 = 254;
 pub const DO: u8 = 253;

@@ -4,6 +4,15 @@
 //!
 //! usage: capture_vm DEVICE FOLDER
 
+// A test helper run inside the VM: a failure is a panic the test reads, like a test's.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::string_slice
+)]
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

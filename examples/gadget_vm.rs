@@ -7,6 +7,15 @@
 //! attach), `wait-gone DEV`, `capture-keys NAME` (records key presses of the input device
 //! whose name contains NAME), `show-keys`, `read PATH` (throughput), `gadgets`, `sh COMMAND`.
 
+// A test helper run inside the VM: a failure is a panic the test reads, like a test's.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::string_slice
+)]
+
 use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

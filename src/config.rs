@@ -481,12 +481,20 @@ struct Cx<'a> {
 
 impl Cx<'_> {
     fn err(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
-        let at = span.start.min(self.text.len());
-        let before = &self.text[..at];
-        let line = before.matches('\n').count() + 1;
-        let column = before.rfind('\n').map_or(before.chars().count(), |nl| {
-            before[nl + 1..].chars().count()
-        }) + 1;
+        // Counted in characters up to the span's start, wherever that falls.
+        let (mut line, mut column) = (1, 1);
+        for (_, c) in self
+            .text
+            .char_indices()
+            .take_while(|&(i, _)| i < span.start)
+        {
+            if c == '\n' {
+                line += 1;
+                column = 1;
+            } else {
+                column += 1;
+            }
+        }
         ConfigError {
             path: self.path.to_path_buf(),
             line,

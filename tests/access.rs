@@ -7,6 +7,15 @@
 //!
 //! Must run as root (switching to nobody), as CI does.
 
+// A test fails by panicking: unwrap, expect, panic and indexing are how it says so.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::string_slice
+)]
+
 mod common;
 
 use std::process::{Command, Output};

@@ -4,6 +4,15 @@
 //! `gst-discoverer-1.0` (a finalized Matroska file has a duration) and references made with
 //! `gst-launch-1.0`, both GStreamer's own tools.
 
+// A test fails by panicking: unwrap, expect, panic and indexing are how it says so.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::string_slice
+)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

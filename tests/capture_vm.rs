@@ -4,6 +4,15 @@
 //! Asserts on what the VM prints: a snapshot of vivid's size that matches itself, a snapshot
 //! during a recording (from its tap), a finalized recording, and a missing device named.
 
+// A test fails by panicking: unwrap, expect, panic and indexing are how it says so.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::string_slice
+)]
+
 use std::path::PathBuf;
 use std::process::Command;
 

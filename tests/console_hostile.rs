@@ -6,6 +6,15 @@
 //! The helpers (the board, the live client, the floods, `rss_kib`, `fd_count`) are written
 //! to be reused by bench/soak.sh's Rust side and other attack tests.
 
+// A test fails by panicking: unwrap, expect, panic and indexing are how it says so.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::string_slice
+)]
+
 mod common;
 
 use std::io::{Read, Write};

@@ -1,6 +1,15 @@
 //! The daemon and its contracts as a whole: config checking, start-up failures, the bus
 //! names, introspection, and rtmctl's exit statuses when things are missing.
 
+// A test fails by panicking: unwrap, expect, panic and indexing are how it says so.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::string_slice
+)]
+
 mod common;
 
 use std::process::Command;

@@ -2,6 +2,15 @@
 //! folder laid out like configfs (src/gadget/fake.rs), driven with rtmctl, busctl and
 //! dbus-send; checks what rtmd wrote into the configfs files, and the bad input.
 
+// A test fails by panicking: unwrap, expect, panic and indexing are how it says so.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::string_slice
+)]
+
 mod common;
 
 use std::path::{Path, PathBuf};

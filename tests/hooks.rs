@@ -8,6 +8,15 @@
 //! client silently and so would hide an overlap. No test asserts on timing; the times are
 //! printed (`cargo test --test hooks -- --nocapture`).
 
+// A test fails by panicking: unwrap, expect, panic and indexing are how it says so.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::string_slice
+)]
+
 mod common;
 
 use std::io::{ErrorKind, Read, Write};

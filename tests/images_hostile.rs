@@ -5,6 +5,15 @@
 //! read (busctl and rtmctl run as nobody through `setpriv`); a second rtmd on the same image
 //! folder leaves the first one's partial download alone.
 
+// A test fails by panicking: unwrap, expect, panic and indexing are how it says so.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::string_slice
+)]
+
 mod common;
 
 use std::os::unix::fs::PermissionsExt;

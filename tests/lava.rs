@@ -13,6 +13,15 @@
 //!
 //! Timing figures are printed (`cargo test --test lava -- --nocapture`), never asserted.
 
+// A test fails by panicking: unwrap, expect, panic and indexing are how it says so.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::string_slice
+)]
+
 mod common;
 
 use std::collections::BTreeMap;

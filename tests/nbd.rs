@@ -2,6 +2,15 @@
 //! and busctl, read and written by real clients (nbdinfo, nbdcopy, qemu-img, qemu-io, fio),
 //! compared with nbdkit serving the same file (tests/nbd/probe.py), and fed bad input.
 
+// A test fails by panicking: unwrap, expect, panic and indexing are how it says so.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::string_slice
+)]
+
 mod common;
 
 use std::io::{Read, Write};

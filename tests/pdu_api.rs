@@ -4,6 +4,15 @@
 //! made with curl (HTTP) and socat (pdudaemon's legacy TCP line) on free ports, switching the
 //! simulated strip, with the bad requests.
 
+// A test fails by panicking: unwrap, expect, panic and indexing are how it says so.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::string_slice
+)]
+
 mod common;
 
 use std::process::{Command, Stdio};

@@ -8,6 +8,15 @@
 //! Waits are on events (an answer arriving, a file's content), never on fixed delays; the
 //! read deadline (10 s) is the daemon's, and the test waits for its answer.
 
+// A test fails by panicking: unwrap, expect, panic and indexing are how it says so.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::string_slice
+)]
+
 mod common;
 
 use std::io::{Read, Write};

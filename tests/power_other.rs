@@ -1,6 +1,15 @@
 //! The pdudaemon backend against Debian's real pdudaemon (localcmdline driver), and the
 //! command backend, both end to end through rtmd.
 
+// A test fails by panicking: unwrap, expect, panic and indexing are how it says so.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::string_slice
+)]
+
 mod common;
 
 use std::net::TcpStream;

@@ -221,8 +221,9 @@ fn run(device: Device) -> Result<(), String> {
                     .ok_or(format!("no outlet {n}"))?;
                 *slot = true;
             }
-            for i in 0..4 {
-                let on = outlets.on[i];
+            // Through `set`, so the board on its outlet sees its power.
+            let on_at_start = outlets.on;
+            for (i, on) in on_at_start.into_iter().enumerate() {
                 outlets.set(i, on);
             }
             let runtime = tokio::runtime::Builder::new_current_thread()

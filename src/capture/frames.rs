@@ -127,8 +127,8 @@ fn to_rgb(sample: &gst::Sample) -> Result<RgbImage, CaptureError> {
         return Err(bad("short buffer"));
     }
     let mut data = Vec::with_capacity(row * height as usize);
-    for y in 0..height as usize {
-        data.extend_from_slice(&map[y * stride..y * stride + row]);
+    for line in map.chunks_exact(stride).take(height as usize) {
+        data.extend_from_slice(line.get(..row).ok_or_else(|| bad("short buffer"))?);
     }
     RgbImage::from_raw(width, height, data).ok_or_else(|| bad("size"))
 }
@@ -144,10 +144,13 @@ pub fn decode_jpeg(data: &[u8]) -> Result<RgbImage, image::ImageError> {
         return decode(data);
     }
     // SOI, then APP0 "AVI1" (length 7), then the frame's own segments.
+    let Some((soi, segments)) = data.split_at_checked(2) else {
+        return decode(data);
+    };
     let mut marked = Vec::with_capacity(data.len() + 9);
-    marked.extend_from_slice(&data[..2]);
+    marked.extend_from_slice(soi);
     marked.extend_from_slice(b"\xff\xe0\x00\x07AVI1\x00");
-    marked.extend_from_slice(&data[2..]);
+    marked.extend_from_slice(segments);
     decode(&marked)
 }
 
@@ -157,7 +160,7 @@ fn lacks_huffman_tables(data: &[u8]) -> bool {
         return false; // not JPEG: let the decoder say so
     }
     let mut at = 2;
-    while let [0xFF, marker, high, low, ..] = data[at.min(data.len())..] {
+    while let Some(&[0xFF, marker, high, low, ..]) = data.get(at..) {
         match marker {
             0xC4 => return false,
             0xDA => return true,
@@ -247,10 +250,9 @@ impl Samples {
         let map = buffer
             .map_readable()
             .map_err(|_| CaptureError::Device("unreadable audio buffer".to_string()))?;
-        out.extend(
-            map.chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        );
+        // Whole samples only; a torn one at the end (never seen) is dropped.
+        let (samples, _) = map.as_chunks::<4>();
+        out.extend(samples.iter().map(|&b| f32::from_le_bytes(b)));
         Ok(())
     }
 }

@@ -307,8 +307,8 @@ impl Capture {
                 Err(CaptureError::Timeout(_)) => return Ok(false),
                 Err(e) => return Err(e),
             }
-            while buf.len() >= window {
-                if analysis::has_tone(&buf[..window], frames::AUDIO_RATE, freq, tolerance) {
+            while let Some(head) = buf.get(..window) {
+                if analysis::has_tone(head, frames::AUDIO_RATE, freq, tolerance) {
                     return Ok(true);
                 }
                 buf.drain(..window);

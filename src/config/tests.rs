@@ -937,3 +937,22 @@ fn local_dirs_are_absolute_and_never_the_kernels() {
     let e = err("name = \"b\"\n[images]\ndir = \"/i\"\nlocal_dirs = \"/srv\"\n");
     assert_eq!(e.line, 4, "{e}");
 }
+
+#[test]
+fn locations_count_characters_and_never_split_one() {
+    let text = "name = \"é\"\nxé = 1\n";
+    let cx = Cx {
+        path: Path::new("/etc/rtmd/b.toml"),
+        text,
+    };
+    // `=` on the second line: after two characters (three bytes).
+    let at = text.find(" = 1").unwrap() + 1;
+    let e = cx.err(at..at + 1, "m");
+    assert_eq!((e.line, e.column), (2, 4));
+    // Inside `é`, and past the end: located, not a panic.
+    let inside = text.find('é').unwrap() + 1;
+    let e = cx.err(inside..inside, "m");
+    assert_eq!((e.line, e.column), (1, 10));
+    let e = cx.err(999..1000, "m");
+    assert_eq!((e.line, e.column), (3, 1));
+}

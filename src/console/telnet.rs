@@ -98,8 +98,25 @@ enum State {
 pub struct Decoder {
     state: State,
     /// Options we agreed to enable on our side (WILL) and on the client's side (DO).
-    ours: [bool; 256],
-    theirs: [bool; 256],
+    ours: Options,
+    theirs: Options,
+}
+
+/// Which of the 256 telnet options are on.
+#[derive(Debug, Clone, Copy)]
+struct Options([bool; 256]);
+
+impl Options {
+    fn get(&self, option: u8) -> bool {
+        // Every u8 is an index of the array: `get` never misses.
+        self.0.get(usize::from(option)).copied().unwrap_or(false)
+    }
+
+    fn set(&mut self, option: u8, on: bool) {
+        if let Some(slot) = self.0.get_mut(usize::from(option)) {
+            *slot = on;
+        }
+    }
 }
 
 impl Default for Decoder {
@@ -113,12 +130,12 @@ impl Decoder {
     pub fn new() -> Self {
         let mut d = Decoder {
             state: State::Data,
-            ours: [false; 256],
-            theirs: [false; 256],
+            ours: Options([false; 256]),
+            theirs: Options([false; 256]),
         };
-        d.ours[usize::from(OPT_ECHO)] = true;
-        d.ours[usize::from(OPT_SGA)] = true;
-        d.theirs[usize::from(OPT_SGA)] = true;
+        d.ours.set(OPT_ECHO, true);
+        d.ours.set(OPT_SGA, true);
+        d.theirs.set(OPT_SGA, true);
         d
     }
 
@@ -164,25 +181,24 @@ impl Decoder {
     /// Answers a request only when it changes an option's state (RFC 854: no answer to an
     /// acknowledgement, so two peers never loop).
     fn negotiate(&mut self, verb: u8, option: u8, reply: &mut Vec<u8>) {
-        let o = usize::from(option);
         // We do echo and SGA (and binary, harmlessly); everything else we refuse.
         let we_can = matches!(option, OPT_ECHO | OPT_SGA | OPT_BINARY);
         let they_may = matches!(option, OPT_SGA | OPT_BINARY);
         match verb {
-            DO if !self.ours[o] => {
-                self.ours[o] = we_can;
+            DO if !self.ours.get(option) => {
+                self.ours.set(option, we_can);
                 reply.extend_from_slice(&[IAC, if we_can { WILL } else { WONT }, option]);
             }
-            DONT if self.ours[o] => {
-                self.ours[o] = false;
+            DONT if self.ours.get(option) => {
+                self.ours.set(option, false);
                 reply.extend_from_slice(&[IAC, WONT, option]);
             }
-            WILL if !self.theirs[o] => {
-                self.theirs[o] = they_may;
+            WILL if !self.theirs.get(option) => {
+                self.theirs.set(option, they_may);
                 reply.extend_from_slice(&[IAC, if they_may { DO } else { DONT }, option]);
             }
-            WONT if self.theirs[o] => {
-                self.theirs[o] = false;
+            WONT if self.theirs.get(option) => {
+                self.theirs.set(option, false);
                 reply.extend_from_slice(&[IAC, DONT, option]);
             }
             _ => {}

@@ -202,10 +202,9 @@ pub fn chord_reports(keys: &[String]) -> Result<Vec<Report>, KeyError> {
         match key_by_name(name).ok_or_else(|| KeyError::UnknownKey(name.clone()))? {
             Key::Modifier(bit) => report[0] |= bit,
             Key::Usage(usage) => {
-                if n == 6 {
-                    return Err(KeyError::TooManyKeys);
-                }
-                report[2 + n] = usage;
+                // Six usage slots, bytes 2..8: a seventh key has none.
+                let slot = report.get_mut(2 + n).ok_or(KeyError::TooManyKeys)?;
+                *slot = usage;
                 n += 1;
             }
         }

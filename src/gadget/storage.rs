@@ -135,10 +135,7 @@ impl Owner {
         path: &Path,
         mode: Mode,
     ) -> Result<(), GadgetError> {
-        if lun >= self.media.len() {
-            return Err(GadgetError::InvalidArgs(format!("no LUN {lun}")));
-        }
-        if let Some(m) = &self.media[lun] {
+        if let Some(m) = lun_mut(&mut self.media, lun)? {
             return Err(GadgetError::Busy(format!(
                 "{} is attached ({}); detach it first",
                 m.name,
@@ -178,7 +175,7 @@ impl Owner {
                     mode.as_str(),
                     self.bound.as_deref().unwrap_or("?")
                 );
-                self.media[lun] = Some(medium);
+                *lun_mut(&mut self.media, lun)? = Some(medium);
                 self.publish();
                 Ok(())
             }
@@ -199,7 +196,7 @@ impl Owner {
             return self.host.set_lun_file(lun, Some(&medium.file), read_only);
         }
         let mut media = self.media.clone();
-        media[lun] = Some(medium.clone());
+        *lun_mut(&mut media, lun)? = Some(medium.clone());
         self.rebuild(&media)
     }
 
@@ -296,7 +293,7 @@ impl Owner {
             ));
         }
         self.host.force_eject(lun)?;
-        self.media[lun] = None;
+        *lun_mut(&mut self.media, lun)? = None;
         self.forget(&medium);
         self.publish();
         Ok(())
@@ -410,4 +407,11 @@ fn list(names: &[String]) -> String {
     } else {
         names.join(", ")
     }
+}
+
+/// The slot of LUN `lun`, or the caller's error for a LUN the gadget does not have.
+fn lun_mut(media: &mut [Option<Medium>], lun: usize) -> Result<&mut Option<Medium>, GadgetError> {
+    media
+        .get_mut(lun)
+        .ok_or_else(|| GadgetError::InvalidArgs(format!("no LUN {lun}")))
 }

@@ -10,6 +10,15 @@
 //! when done, so a slow `fdatasync` never holds up the reads behind it; the protocol lets
 //! replies come out of order, matched by cookie.
 
+// TEMPORARY: removed when the lead fixes this file after the merge (issue 13 item 1)
+#![allow(
+    clippy::indexing_slicing,
+    clippy::string_slice,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
 use std::io;
 use std::os::fd::AsFd;
 use std::sync::Arc;

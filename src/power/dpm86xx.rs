@@ -71,54 +71,64 @@ pub enum AsciiReply {
 /// used)))`: a reply and how many bytes it took; `Err`: bytes that can never become a reply.
 pub fn parse_reply(buf: &[u8]) -> Result<Option<(AsciiReply, usize)>, String> {
     // Line noise before the frame (and the previous frame's CR LF) is skipped.
-    let Some(start) = buf.iter().position(|&b| b == b':') else {
+    let mut at_colon = buf.splitn(2, |&b| b == b':');
+    let (Some(noise), Some(frame)) = (at_colon.next(), at_colon.next()) else {
         return if buf.iter().all(|b| b.is_ascii_whitespace()) {
             Ok(None)
         } else {
             Err(format!("garbled reply {:?}", String::from_utf8_lossy(buf)))
         };
     };
-    let frame = &buf[start + 1..];
+    let start = noise.len();
     let digits = |s: &[u8]| -> Option<u32> {
         if s.is_empty() || s.len() > 9 || !s.iter().all(u8::is_ascii_digit) {
             return None;
         }
         std::str::from_utf8(s).ok()?.parse().ok()
     };
-    let garbled = || format!("garbled reply {:?}", String::from_utf8_lossy(&buf[start..]));
-    if frame.len() < 3 {
+    let small = |s: &[u8]| digits(s).and_then(|v| u8::try_from(v).ok());
+    let garbled = || {
+        let frame = String::from_utf8_lossy(frame);
+        format!("garbled reply {:?}", format!(":{frame}"))
+    };
+    // `:`, two address digits, then `o` or `r`.
+    let Some((address, rest)) = frame.split_at_checked(2) else {
         return Ok(None);
-    }
-    let address = digits(&frame[..2]).ok_or_else(garbled)? as u8;
-    match frame[2] {
-        b'o' => {
-            if frame.len() < 4 {
-                return Ok(None);
-            }
-            if frame[3] != b'k' {
-                return Err(garbled());
-            }
-            Ok(Some((AsciiReply::Ok { address }, start + 5)))
-        }
+    };
+    let Some((&kind, rest)) = rest.split_first() else {
+        return Ok(None);
+    };
+    let address = small(address).ok_or_else(garbled)?;
+    match kind {
+        b'o' => match rest.first() {
+            None => Ok(None),
+            Some(b'k') => Ok(Some((AsciiReply::Ok { address }, start + 5))),
+            Some(_) => Err(garbled()),
+        },
         b'r' => {
-            let Some(end) = frame.iter().position(|&b| b == b'.') else {
-                return if frame.len() > 20 {
+            // `30=5339.`: function, `=`, value, `.`.
+            let mut at_dot = rest.splitn(2, |&b| b == b'.');
+            let (Some(body), Some(_)) = (at_dot.next(), at_dot.next()) else {
+                return if rest.len() > 17 {
                     Err(garbled())
                 } else {
                     Ok(None)
                 };
             };
-            let body = &frame[3..end];
-            let eq = body.iter().position(|&b| b == b'=').ok_or_else(garbled)?;
-            let function = digits(&body[..eq]).ok_or_else(garbled)? as u8;
-            let value = digits(&body[eq + 1..]).ok_or_else(garbled)?;
+            let mut at_eq = body.splitn(2, |&b| b == b'=');
+            let (Some(function), Some(value)) = (at_eq.next(), at_eq.next()) else {
+                return Err(garbled());
+            };
+            let function = small(function).ok_or_else(garbled)?;
+            let value = digits(value).ok_or_else(garbled)?;
             Ok(Some((
                 AsciiReply::Value {
                     address,
                     function,
                     value,
                 },
-                start + 1 + end + 1,
+                // `:`, address, `r`, body, `.`
+                start + 1 + 3 + body.len() + 1,
             )))
         }
         _ => Err(garbled()),
@@ -166,7 +176,10 @@ impl Dpm86xx {
                 u16::try_from(v)
                     .map_err(|_| PowerError::Protocol(format!("value {v} out of range")))
             }
-            Link::Modbus(m) => Ok(m.read(register, 1).await?[0]),
+            Link::Modbus(m) => {
+                let [word] = m.read(register).await?;
+                Ok(word)
+            }
         }
     }
 }
@@ -204,8 +217,8 @@ impl PowerSupply for Dpm86xx {
         let (v, i, t) = match &mut self.link {
             // The three measurement registers are consecutive: one request.
             Link::Modbus(m) => {
-                let w = m.read(reg::VOLTAGE_OUT, 3).await?;
-                (w[0], w[1], w[2])
+                let [v, i, t] = m.read(reg::VOLTAGE_OUT).await?;
+                (v, i, t)
             }
             Link::Ascii(_) => (
                 self.read(func::VOLTAGE_OUT, 0).await?,
@@ -290,15 +303,14 @@ impl AsciiLink {
         let io = |e: std::io::Error| PowerError::Io(format!("{path}: {e}"));
         self.buf.clear();
         port.write_all(line).await.map_err(io)?;
-        let mut chunk = [0u8; 64];
         loop {
-            let n = port.read(&mut chunk).await.map_err(io)?;
+            // Appends to what came before: a reply may arrive in pieces.
+            let n = port.read_buf(&mut self.buf).await.map_err(io)?;
             if n == 0 {
                 return Err(PowerError::Io(format!(
                     "{path}: the serial device went away"
                 )));
             }
-            self.buf.extend_from_slice(&chunk[..n]);
             match parse_reply(&self.buf) {
                 Ok(Some((reply, _))) => {
                     let address = match reply {
@@ -361,6 +373,11 @@ pub(super) mod tests {
         assert!(parse_reply(b":0Xok").is_err());
         assert!(parse_reply(b":01r3a=1.").is_err());
         assert!(parse_reply(b":01oops").is_err());
+        // A function number past a byte is not truncated into another function.
+        assert!(parse_reply(b":01r286=1.").is_err());
+        assert!(parse_reply(b":01r30.").is_err());
+        assert!(parse_reply(b":01r30=.").is_err());
+        assert!(parse_reply(b":01r0123456789012345678").is_err());
     }
 
     #[test]

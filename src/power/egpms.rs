@@ -66,7 +66,10 @@ pub fn sockets_to_wire(sockets: [u8; 4]) -> [u8; 4] {
 /// The control bytes (wire order) that switch `outlet` (1..4) and leave the others alone.
 pub fn control(outlet: u8, on: bool) -> [u8; 4] {
     let mut sockets = [CTRL_KEEP; 4];
-    sockets[usize::from(outlet.clamp(1, 4) - 1)] = if on { CTRL_ON } else { CTRL_OFF };
+    // Clamped to 1..=4, so the socket is always there.
+    if let Some(socket) = sockets.get_mut(usize::from(outlet.clamp(1, 4) - 1)) {
+        *socket = if on { CTRL_ON } else { CTRL_OFF };
+    }
     sockets_to_wire(sockets)
 }
 
@@ -190,11 +193,14 @@ impl Strip {
     }
 
     fn outlet_state(&self, wire_plain: [u8; 4]) -> PowerState {
+        // The config only allows outlets 1..=4; any other reads as unknown, not a panic.
         let sockets = wire_to_sockets(wire_plain);
-        decode_status(
-            self.config.model,
-            sockets[usize::from(self.config.outlet - 1)],
-        )
+        usize::from(self.config.outlet)
+            .checked_sub(1)
+            .and_then(|i| sockets.get(i))
+            .map_or(PowerState::Unknown, |&byte| {
+                decode_status(self.config.model, byte)
+            })
     }
 }
 

@@ -63,7 +63,7 @@ impl Riden {
         if let Some(s) = self.scale {
             return Ok(s);
         }
-        let id = self.link.read(reg::MODEL, 1).await?[0];
+        let [id] = self.link.read(reg::MODEL).await?;
         let s = scale(id).ok_or_else(|| {
             PowerError::Refused(format!(
                 "unknown Riden model id {id}: cannot scale its values"
@@ -82,7 +82,8 @@ impl PowerSwitch for Riden {
     }
 
     async fn state(&mut self) -> Result<PowerState, PowerError> {
-        output_state(self.link.read(reg::OUTPUT, 1).await?[0])
+        let [output] = self.link.read(reg::OUTPUT).await?;
+        output_state(output)
     }
 
     fn as_supply(&mut self) -> Option<&mut dyn PowerSupply> {
@@ -108,14 +109,15 @@ impl PowerSupply for Riden {
 
     async fn measure(&mut self) -> Result<Measurement, PowerError> {
         let s = self.scale().await?;
-        // Registers 8..=18 in one request: setpoints, measurements, output.
-        let w = self.link.read(reg::VOLTAGE_SET, 11).await?;
-        let at = |r: u16| f64::from(w[usize::from(r - reg::VOLTAGE_SET)]);
+        // Registers 8..=18 in one request: setpoints (8, 9), measurements (10, 11), then
+        // six we do not use, then the output (18).
+        let [_v_set, _i_set, v_out, i_out, _, _, _, _, _, _, output] =
+            self.link.read(reg::VOLTAGE_SET).await?;
         Ok(Measurement {
-            voltage: at(reg::VOLTAGE_OUT) / s.volts,
-            current: at(reg::CURRENT_OUT) / s.amps,
+            voltage: f64::from(v_out) / s.volts,
+            current: f64::from(i_out) / s.amps,
             temperature: None,
-            output_on: Some(at(reg::OUTPUT) == 1.0),
+            output_on: Some(output == 1),
         })
     }
 }

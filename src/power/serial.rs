@@ -112,19 +112,22 @@ impl ModbusLink {
             .ok_or_else(|| PowerError::Io("serial port not open".to_string()))
     }
 
-    pub async fn read(&mut self, register: u16, count: u16) -> Result<Vec<u16>, PowerError> {
+    /// Reads `N` consecutive holding registers from `register` on. The array type means
+    /// callers pick their words out by pattern, never by an index a short reply could break.
+    pub async fn read<const N: usize>(&mut self, register: u16) -> Result<[u16; N], PowerError> {
         let what = format!("reading register 0x{register:04x}");
+        let count = u16::try_from(N)
+            .map_err(|_| PowerError::Protocol(format!("{what}: {N} registers is too many")))?;
         let ctx = self.context()?;
         let request = ctx.read_holding_registers(register, count);
         let outcome = tokio::time::timeout(REPLY_TIMEOUT, request).await;
         let words = self.finish(outcome, &what)?;
-        if words.len() != usize::from(count) {
-            return Err(PowerError::Protocol(format!(
+        <[u16; N]>::try_from(words).map_err(|words| {
+            PowerError::Protocol(format!(
                 "{what}: expected {count} registers, got {}",
                 words.len()
-            )));
-        }
-        Ok(words)
+            ))
+        })
     }
 
     pub async fn write(&mut self, register: u16, value: u16) -> Result<(), PowerError> {

@@ -636,7 +636,7 @@ impl Machine {
 
     /// Drops the '\n' of a "\r\n" whose '\r' ended the previous line.
     fn strip_lf(&mut self, mut bytes: Vec<u8>) -> Vec<u8> {
-        if !bytes.is_empty() && std::mem::take(&mut self.skip_lf) && bytes[0] == b'\n' {
+        if !bytes.is_empty() && std::mem::take(&mut self.skip_lf) && bytes.first() == Some(&b'\n') {
             bytes.remove(0);
         }
         bytes
@@ -971,7 +971,10 @@ fn receive(mut port: File, mailbox: Sender<Msg>) {
         match port.read(&mut buf) {
             Ok(0) => return,
             Ok(n) => {
-                if mailbox.send(Msg::Input(buf[..n].to_vec())).is_err() {
+                if mailbox
+                    .send(Msg::Input(buf.iter().take(n).copied().collect()))
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -1003,7 +1006,10 @@ fn relay_output(mut port: File, console: SyncSender<Chunk>, epoch: u64) {
             Ok(0) => return,
             Ok(n) => {
                 // Blocking: a console that drains slowly slows the shell down, as a UART does.
-                if console.send((epoch, buf[..n].to_vec())).is_err() {
+                if console
+                    .send((epoch, buf.iter().take(n).copied().collect()))
+                    .is_err()
+                {
                     return;
                 }
             }

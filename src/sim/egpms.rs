@@ -85,8 +85,8 @@ impl From<EgpmsModel> for Protocol {
 /// "Key": the password's first 8 bytes, right-padded with spaces.
 fn strip_key(password: &[u8]) -> [u8; 8] {
     let mut key = *b"        ";
-    for (i, b) in password.iter().take(8).enumerate() {
-        key[i] = *b;
+    for (slot, b) in key.iter_mut().zip(password) {
+        *slot = *b;
     }
     key
 }
@@ -94,10 +94,10 @@ fn strip_key(password: &[u8]) -> [u8; 8] {
 /// "Session" step 3: the answer the strip expects to its task, `lo` then `hi`, each a u16
 /// little-endian. Computed in u32 and masked to 16 bits ("all mod 2^16").
 fn expected_answer(task: [u8; 4], key: &[u8; 8]) -> [u8; 4] {
-    let t = |i: usize| u32::from(task[i]);
-    let k = |i: usize| u32::from(key[i]);
-    let lo = (((t(0) ^ k(2)) * k(0)) ^ (k(6) | (k(4) << 8)) ^ t(2)) & 0xffff;
-    let hi = (((t(1) ^ k(3)) * k(1)) ^ (k(7) | (k(5) << 8)) ^ t(3)) & 0xffff;
+    let [t0, t1, t2, t3] = task.map(u32::from);
+    let [k0, k1, k2, k3, k4, k5, k6, k7] = key.map(u32::from);
+    let lo = (((t0 ^ k2) * k0) ^ (k6 | (k4 << 8)) ^ t2) & 0xffff;
+    let hi = (((t1 ^ k3) * k1) ^ (k7 | (k5 << 8)) ^ t3) & 0xffff;
     [lo as u8, (lo >> 8) as u8, hi as u8, (hi >> 8) as u8]
 }
 
@@ -114,31 +114,24 @@ fn decipher(c: u8, task: [u8; 4], key: &[u8; 8]) -> u8 {
 }
 
 /// "Byte order on the wire": wire byte `j` carries socket `4 - j`, so socket `s` (1..4) is
-/// wire byte `4 - s`.
-fn wire_index(socket: usize) -> usize {
-    4 - socket
+/// wire byte `4 - s`: the wire order is the socket order reversed (and back).
+fn reversed(mut bytes: [u8; 4]) -> [u8; 4] {
+    bytes.reverse();
+    bytes
 }
 
 /// The encrypted status frame for the sockets' states (`on[0]` is socket 1).
 fn status_frame(protocol: Protocol, on: [bool; 4], task: [u8; 4], key: &[u8; 8]) -> [u8; 4] {
-    let mut frame = [0u8; 4];
-    for socket in 1..=4 {
-        frame[wire_index(socket)] = encipher(protocol.status(on[socket - 1]), task, key);
-    }
-    frame
+    reversed(on.map(|on| encipher(protocol.status(on), task, key)))
 }
 
 /// What an encrypted control frame asks of sockets 1..4: `Some(on)`, or `None` to leave it.
 fn control_request(frame: [u8; 4], task: [u8; 4], key: &[u8; 8]) -> [Option<bool>; 4] {
-    let mut wanted = [None; 4];
-    for socket in 1..=4 {
-        wanted[socket - 1] = match decipher(frame[wire_index(socket)], task, key) {
-            CTRL_ON => Some(true),
-            CTRL_OFF => Some(false),
-            _ => None,
-        };
-    }
-    wanted
+    reversed(frame).map(|byte| match decipher(byte, task, key) {
+        CTRL_ON => Some(true),
+        CTRL_OFF => Some(false),
+        _ => None,
+    })
 }
 
 /// A session that stays idle this long is dropped, so a stuck client cannot wedge the strip.
@@ -167,8 +160,12 @@ pub struct Outlets {
 }
 
 impl Outlets {
+    /// Switches outlet `index` (0..3); there is no other outlet to switch.
     pub fn set(&mut self, index: usize, on: bool) {
-        self.on[index] = on;
+        let Some(slot) = self.on.get_mut(index) else {
+            return;
+        };
+        *slot = on;
         if let Some((i, board)) = &self.board
             && *i == index
         {

@@ -107,7 +107,7 @@ pub fn serve(
             }
             Ok(n) => n,
         };
-        buf.extend_from_slice(&chunk[..n]);
+        buf.extend(chunk.iter().take(n));
         loop {
             let (used, reply) = step(&buf, kind, address, &model, &events);
             if used == 0 {

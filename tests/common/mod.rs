@@ -4,6 +4,14 @@
 //! Waits have deadlines only so that a broken build fails instead of hanging; no test asserts
 //! on timing.
 
+// A test fails by panicking: unwrap, expect, panic and indexing are how it says so.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::string_slice
+)]
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};

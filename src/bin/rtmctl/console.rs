@@ -107,8 +107,10 @@ pub fn session(board: &str, socket: UnixStream) -> ExitCode {
             }
             Ok(n) => {
                 last_output = std::time::Instant::now();
+                // `read` never reports more than the buffer holds.
+                let output = buf.get(..n).unwrap_or_default();
                 if stdout
-                    .write_all(&buf[..n])
+                    .write_all(output)
                     .and_then(|_| stdout.flush())
                     .is_err()
                 {
@@ -149,7 +151,7 @@ fn copy_input(to_board: &mut UnixStream, interactive: bool) -> bool {
             Err(_) => return false,
         };
         let mut out = Vec::with_capacity(n + 1);
-        for &b in &buf[..n] {
+        for &b in buf.iter().take(n) {
             if interactive && pending_escape {
                 pending_escape = false;
                 if LEAVE.contains(&b) {

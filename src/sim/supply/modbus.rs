@@ -95,7 +95,9 @@ pub fn step(
     if to != address {
         return (len, None);
     }
-    let (Some(start), Some(quantity)) = (word(body, 2), word(body, 4)) else {
+    // Address, function, then two words: the reply to a write echoes these six bytes.
+    let (Some(echo), Some(start), Some(quantity)) = (body.get(..6), word(body, 2), word(body, 4))
+    else {
         return (len, None);
     };
     let Ok(mut m) = model.lock() else {
@@ -103,11 +105,11 @@ pub fn step(
     };
     let reply = match function {
         READ_HOLDING_REGISTERS => {
-            let mut out = vec![address, function, 0];
+            let mut data = Vec::new();
             for i in 0..quantity {
                 let value = start.checked_add(i).and_then(|r| registers.read(&m, r));
                 match value {
-                    Some(v) => out.extend_from_slice(&v.to_be_bytes()),
+                    Some(v) => data.extend_from_slice(&v.to_be_bytes()),
                     None => {
                         return (
                             len,
@@ -116,10 +118,11 @@ pub fn step(
                     }
                 }
             }
-            match u8::try_from(out.len() - 3) {
-                Ok(n) => out[2] = n,
-                Err(_) => return (len, Some(exception(address, function, ILLEGAL_DATA_VALUE))),
-            }
+            let Ok(count) = u8::try_from(data.len()) else {
+                return (len, Some(exception(address, function, ILLEGAL_DATA_VALUE)));
+            };
+            let mut out = vec![address, function, count];
+            out.extend_from_slice(&data);
             with_crc(out)
         }
         WRITE_SINGLE_REGISTER => {
@@ -130,7 +133,7 @@ pub fn step(
                     Some(exception(address, function, ILLEGAL_DATA_ADDRESS)),
                 );
             }
-            with_crc(body[..6].to_vec())
+            with_crc(echo.to_vec())
         }
         _ => {
             // The byte count must match the quantity of registers.
@@ -149,7 +152,7 @@ pub fn step(
                     );
                 }
             }
-            with_crc(body[..6].to_vec())
+            with_crc(echo.to_vec())
         }
     };
     (len, Some(reply))

@@ -151,7 +151,7 @@ fi
 # TCG is slow: GStreamer scans its plugins and vivid gives 4K frames. These are only the
 # bounds of a hung VM (the tests assert on what the VM prints, never on its time): generous,
 # since a loaded 2-core CI machine runs TCG several times slower (a capture run took 67 s
-# idle; one failed a fresh-clone run under load at the old 400 s).
+# idle; the old bounds were 110 s and 400 s).
 limit=${RTM_VM_LIMIT:-300}
 [ $mode = capture ] && limit=${RTM_VM_LIMIT:-900}
 exec timeout $limit qemu-system-x86_64 -accel tcg -m 512 -smp 1 -nographic -no-reboot \

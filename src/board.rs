@@ -84,6 +84,10 @@ impl Board {
                         .clone()
                         .unwrap_or_else(|| store.dir().join(".rtmd/overlays").join(&config.name)),
                     claims: store.claims().clone(),
+                    limits: crate::nbd::Limits {
+                        max_clients: c.max_clients as usize,
+                        handshake_timeout: std::time::Duration::from_secs(c.handshake_timeout_s),
+                    },
                 })
                 .map_err(|e| format!("[nbd]: {e}"))?,
             ),

@@ -6,10 +6,12 @@
 //!
 //! Parts: [`proto`] the wire format (pure functions), [`handshake`] option haggling,
 //! [`transmission`] requests and replies of one connection, [`export`] the image and its
-//! operations, [`overlay`] the copy-on-write overlay, [`server`] the listener and the
-//! export slot. This handle ([`Nbd`]) is what the board and the D-Bus layer use.
+//! operations, [`flush`] FLUSHes coalesced into few syncs, [`overlay`] the copy-on-write
+//! overlay, [`server`] the listener (its connection cap and deadlines) and the export slot.
+//! This handle ([`Nbd`]) is what the board and the D-Bus layer use.
 
 pub mod export;
+pub mod flush;
 pub mod fuzz;
 pub mod handshake;
 pub mod overlay;
@@ -28,6 +30,7 @@ use crate::access::Permit;
 use crate::images::{Claim, Claims, User};
 
 pub use export::{Export, Mode};
+pub use server::Limits;
 use server::{Host, Slot};
 
 /// Where the server listens and where overlays live.
@@ -42,6 +45,8 @@ pub struct NbdOptions {
     /// The image folder's claims: an export takes one (the one-writer rule, shared with the
     /// USB gadget and image removal) and gives it back when withdrawn.
     pub claims: Claims,
+    /// What the listener lets clients cost.
+    pub limits: Limits,
 }
 
 /// What the D-Bus properties show.
@@ -155,9 +160,10 @@ impl Nbd {
             status: watch::channel(Status::default()).0,
         });
         let host = inner.clone();
+        let limits = inner.options.limits;
         runtime.spawn(async move {
             match tokio::net::TcpListener::from_std(listener) {
-                Ok(l) => server::accept(l, host).await,
+                Ok(l) => server::accept(l, host, limits).await,
                 Err(e) => warn!(subsystem = "nbd", "cannot serve: {e}"),
             }
         });

@@ -3,10 +3,11 @@
 //! The base image is opened read-only and never written.
 //!
 //! Durability: data goes to the overlay file first; its bit is set in memory once the data is
-//! there. FLUSH (and FUA) makes it durable in that order: `fdatasync` of the overlay, then the
-//! map pages that changed, then `fdatasync` of the map. A crash can lose only what no FLUSH
-//! covered, which the protocol allows; a torn map write can only lose bits of such writes,
-//! because bits are never cleared except by [`Overlay::reset`].
+//! there. FLUSH (and FUA) makes it durable in that order: the bits of the changed map pages
+//! are taken, then the overlay is `fdatasync`ed, then those bits are written to the map and it
+//! is `fdatasync`ed ([`Overlay::flush`]). So a bit on disk always points at data on disk, and a
+//! crash can lose only what no FLUSH covered, which the protocol allows; a torn map write can
+//! only lose bits of such writes, because bits are never cleared except by [`Overlay::reset`].
 //!
 //! The map records which base it was made for (device, inode, size, modification time), so an
 //! overlay left from an older image is discarded, not laid over a new one.
@@ -83,6 +84,8 @@ pub struct Overlay {
     bits: Vec<AtomicU64>,
     /// One flag per map page: changed since the last flush.
     dirty: Vec<AtomicBool>,
+    /// One flush at a time (see [`Overlay::flush`]).
+    flushing: Mutex<()>,
     /// Serializes the allocation of clusters (copy-up of partly written clusters), so that
     /// two connections writing parts of one new cluster cannot overwrite each other.
     allocating: Mutex<()>,
@@ -159,6 +162,7 @@ impl Overlay {
             size,
             bits,
             dirty: (0..pages).map(|_| AtomicBool::new(false)).collect(),
+            flushing: Mutex::new(()),
             allocating: Mutex::new(()),
         })
     }
@@ -269,35 +273,76 @@ impl Overlay {
         Ok(())
     }
 
-    /// Makes everything written so far durable (see the module comment for the order).
+    /// Makes everything written so far durable, in the order that keeps the map honest:
+    /// 1. take the bits of the changed map pages as they are now: each was set only after
+    ///    its cluster's data was written ([`Overlay::write`], [`Overlay::zero`]);
+    /// 2. `fdatasync` the data: every cluster those bits point at is now on disk;
+    /// 3. write those bits (and only those) to the map and `fdatasync` it.
+    ///
+    /// A write that lands during step 2 or 3 keeps its page dirty for the next flush, so its
+    /// bit never reaches the disk before its data. (Taking the bits after the data sync, as
+    /// this did before, could make such a bit durable without its data.) Flushes are
+    /// serialized: a second one would otherwise find the pages clean while the first is still
+    /// writing them, and acknowledge bits that are not on disk yet.
     pub fn flush(&self) -> io::Result<()> {
-        self.file.sync_data()?;
-        let mut wrote = false;
+        let _one = self
+            .flushing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let pages = self.take_dirty_pages();
+        let written = self.file.sync_data().and_then(|()| {
+            #[cfg(debug_assertions)]
+            test_hook::between_data_and_map(!pages.is_empty());
+            for (page, raw) in &pages {
+                self.map
+                    .write_all_at(raw, HEADER + (page * MAP_PAGE) as u64)?;
+            }
+            if pages.is_empty() {
+                Ok(())
+            } else {
+                self.map.sync_data()
+            }
+        });
+        if written.is_err() {
+            // Written again by the next flush: a bit is never dropped from the map because
+            // one attempt failed.
+            for (page, _) in &pages {
+                if let Some(flag) = self.dirty.get(*page) {
+                    flag.store(true, Ordering::Release);
+                }
+            }
+        }
+        written
+    }
+
+    /// The changed map pages and their bytes as they are now; their flags are cleared.
+    fn take_dirty_pages(&self) -> Vec<(usize, Vec<u8>)> {
+        let mut pages = Vec::new();
         for (page, flag) in self.dirty.iter().enumerate() {
+            // The flag is cleared before the bits are read: a bit set after this read sets
+            // the flag again (`mark` sets the bit, then the flag), so it is never lost.
             if !flag.swap(false, Ordering::AcqRel) {
                 continue;
             }
             let first = page * WORDS_PER_PAGE;
-            let last = (first + WORDS_PER_PAGE).min(self.bits.len());
-            let mut raw = Vec::with_capacity((last - first) * 8);
-            for w in &self.bits[first..last] {
+            let words = self.bits.iter().skip(first).take(WORDS_PER_PAGE);
+            let mut raw = Vec::with_capacity(MAP_PAGE);
+            for w in words {
                 raw.extend_from_slice(&w.load(Ordering::Acquire).to_le_bytes());
             }
-            if let Err(e) = self.map.write_all_at(&raw, HEADER + (first * 8) as u64) {
-                flag.store(true, Ordering::Release);
-                return Err(e);
-            }
-            wrote = true;
+            pages.push((page, raw));
         }
-        if wrote {
-            self.map.sync_data()?;
-        }
-        Ok(())
+        pages
     }
 
     /// Discards everything written: the overlay reads as the base again. Only called with
     /// no client connected.
     pub fn reset(&self) -> io::Result<()> {
+        // No flush may write bits it took before the reset after it.
+        let _one = self
+            .flushing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let _guard = self
             .allocating
             .lock()
@@ -379,6 +424,33 @@ fn zero_range(file: &File, offset: u64, len: u64, allocate: bool) -> io::Result<
         pos += n as u64;
     }
     Ok(())
+}
+
+/// A crash injected between the two steps of a flush, for tests/nbd.rs; compiled into debug
+/// builds only (the tests' rtmd), never into a release.
+#[cfg(debug_assertions)]
+mod test_hook {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// With `RTMD_TEST_FLUSH_PAUSE` naming a FIFO, the first flush that has map pages to write
+    /// says so in the log after the data is synced, and waits until the test has written to the
+    /// FIFO and closed it (the test copies the overlay's data as a power cut would leave it,
+    /// writes more, then lets the flush go on or kills rtmd).
+    pub fn between_data_and_map(map_pages: bool) {
+        static FIRED: AtomicBool = AtomicBool::new(false);
+        let Some(fifo) = std::env::var_os("RTMD_TEST_FLUSH_PAUSE") else {
+            return;
+        };
+        if !map_pages || FIRED.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::warn!(
+            subsystem = "nbd",
+            "test hook: flush paused between the overlay's data and its map"
+        );
+        // Opening blocks until the test opens the FIFO for writing; reading ends when it closes.
+        let _ = std::fs::read(fifo);
+    }
 }
 
 #[cfg(test)]

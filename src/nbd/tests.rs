@@ -7,6 +7,7 @@ fn uris_escape_names_and_bracket_ipv6() {
         uri_host: None,
         overlay_dir: PathBuf::from("/tmp"),
         claims: crate::images::Claims::new(),
+        limits: Limits::default(),
     };
     assert_eq!(
         uri(&o, o.listen, "nightly/rpi 4.img"),
@@ -45,6 +46,7 @@ fn nbdinfo_sees_an_export() {
         uri_host: None,
         overlay_dir: dir.path().join("overlays"),
         claims: crate::images::Claims::new(),
+        limits: Limits::default(),
     })
     .unwrap();
     let uri = nbd

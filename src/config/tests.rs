@@ -294,7 +294,9 @@ fn nbd_defaults_and_mistakes() {
         ("handshake_timeout_s = 0", "handshake_timeout_s"),
         ("handshake_timeout_s = 601", "handshake_timeout_s"),
     ] {
-        let e = err(&format!("name = \"b\"\n[images]\ndir = \"/i\"\n[nbd]\n{line}\n"));
+        let e = err(&format!(
+            "name = \"b\"\n[images]\ndir = \"/i\"\n[nbd]\n{line}\n"
+        ));
         assert_eq!(e.line, 5, "{line}: {e}");
         assert_eq!(e.column, key.len() + 4, "{line}: {e}");
     }

@@ -871,6 +871,22 @@ fn connections_over_max_clients_are_refused_and_the_others_keep_working() {
     assert!(!out.status.success(), "nbdinfo over the cap");
     r.d.proc
         .wait_line("refused: 3 connections already (max_clients)");
+    // Fifty more, held open by their client: each is closed by rtmd at once, and costs it no
+    // descriptor.
+    let pid = r.d.proc.child.id();
+    let descriptors = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let before = descriptors();
+    let held: Vec<TcpStream> = (0..50).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    for mut s in &held {
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        assert!(matches!(s.read(&mut [0u8; 1]), Ok(0) | Err(_)), "closed");
+    }
+    let after = descriptors();
+    assert!(after <= before + 2, "{before} descriptors, then {after}");
 
     // The clients inside go on.
     steady.send("write -P 0x42 0 512\n");
@@ -893,6 +909,10 @@ fn connections_over_max_clients_are_refused_and_the_others_keep_working() {
     eventually("nbdinfo gets the freed place", || {
         run("nbdinfo", &["--size", &uri]).status.success()
     });
+    // Said once per burst, then counted.
+    assert_eq!(r.d.proc.matching("refused: 3 connections").len(), 1);
+    r.d.proc
+        .wait_line("connections were refused in all over max_clients = 3");
     steady.send("quit\n");
     steady.stdin = None;
     assert!(steady.wait().success());

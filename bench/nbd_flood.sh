@@ -7,8 +7,11 @@
 # rtmd exports the file copy-on-write (its FLUSH syncs the overlay), nbdkit serves it with
 # the file plugin, writable (its FLUSH is an fdatasync). During each flood nbdcopy reads the
 # whole export on another connection. Printed per server and flood: peak RSS (VmHWM, from
-# /proc/PID/status), the most descriptors seen, requests the server took before it stopped
-# reading, and whether nbdcopy read the right bytes and how long it took.
+# /proc/PID/status, sampled while the flood runs) beside the RSS before it (the server
+# started, the file exported, no client yet), the most descriptors seen, the requests the
+# client could send (bounded when the server stops reading), whether nbdcopy read the right
+# bytes and how long it took, and whether the server was still alive once the flood's client
+# had left with its replies unread.
 # Installs the missing peers. Usage: bench/nbd_flood.sh [SECONDS] [FLOODS...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -74,7 +77,7 @@ start_nbdkit() { # port
   uri="nbd://127.0.0.1:$1/disk.img"
 }
 
-printf '%-8s %-6s %10s %8s %14s %s\n' server flood "peak KiB" "max fds" "requests sent" "nbdcopy during the flood"
+printf '%-8s %-6s %9s %10s %8s %14s %-32s %s\n' server flood "idle KiB" "peak KiB" "max fds" "requests sent" "nbdcopy during the flood" "after the client left"
 for flood in "${FLOODS[@]}"; do
   case $flood in
     flush) args=(--command flush) ;;
@@ -84,16 +87,19 @@ for flood in "${FLOODS[@]}"; do
   for s in rtmd nbdkit; do
     port=$(free_port)
     "start_$s" "$port"
+    idle=$(kib "$server" VmRSS)
     python3 "$FLOOD" "$port" --export disk.img --seconds "$SECS" "${args[@]}" >"$work/flood.out" 2>&1 &
     fpid=$!
     wait_for "$work/flood.out" flooding
     maxfd=0
+    peak=0
     copy="not run"
     start=$(date +%s.%N)
     (nbdcopy "$uri" - | sha256sum | cut -d' ' -f1 >"$work/copy.sum"; date +%s.%N >"$work/copy.end") 2>"$work/copy.err" &
     cpid=$!
     while kill -0 "$fpid" 2>/dev/null; do
       n=$(fds "$server"); [ "$n" -gt "$maxfd" ] && maxfd=$n
+      p=$(kib "$server" VmHWM 2>/dev/null || echo 0); [ "${p:-0}" -gt "$peak" ] && peak=$p
       sleep 0.2
     done
     wait "$fpid" || true
@@ -105,9 +111,15 @@ for flood in "${FLOODS[@]}"; do
       copy="failed: $(head -1 "$work/copy.err")"
     fi
     rm -f "$work/copy.end" "$work/copy.sum"
-    peak=$(kib "$server" VmHWM)
     took_requests=$(sed -n 's/^sent \([0-9]*\) requests.*/\1/p' "$work/flood.out")
-    printf '%-8s %-6s %10s %8s %14s %s\n' "$s" "$flood" "$peak" "$maxfd" "$took_requests" "$copy"
+    # The client closed with replies unread: does the server live on?
+    sleep 1
+    if nbdinfo --size "$uri" >/dev/null 2>&1 && kill -0 "$server" 2>/dev/null; then
+      after=alive
+    else
+      after="died: $(grep -v '^$' "$work/$s.log" | tail -1)"
+    fi
+    printf '%-8s %-6s %9s %10s %8s %14s %-32s %s\n' "$s" "$flood" "$idle" "$peak" "$maxfd" "$took_requests" "$copy" "$after"
     kill "$server" 2>/dev/null || true
     wait "$server" 2>/dev/null || true
   done

@@ -28,8 +28,23 @@ struct Completed {
 }
 
 impl Flushes {
+    /// Syncs started so far.
+    pub fn syncs(&self) -> u64 {
+        self.started.load(Ordering::Acquire)
+    }
+
     /// Makes durable everything written to `export` before this call.
     pub async fn flush(&self, export: &Arc<Export>) -> Result<(), NbdError> {
+        let export = export.clone();
+        self.run(move || export.flush()).await
+    }
+
+    /// Runs `sync` on a blocking thread, unless a sync that started after this call has
+    /// completed meanwhile.
+    pub async fn run<F>(&self, sync: F) -> Result<(), NbdError>
+    where
+        F: FnOnce() -> Result<(), NbdError> + Send + 'static,
+    {
         // Any sync numbered above this one starts after now.
         let arrived = self.started.load(Ordering::Acquire);
         let mut last = self.last.lock().await;
@@ -37,8 +52,7 @@ impl Flushes {
             return Ok(());
         }
         let number = self.started.fetch_add(1, Ordering::AcqRel) + 1;
-        let export = export.clone();
-        let result = tokio::task::spawn_blocking(move || export.flush())
+        let result = tokio::task::spawn_blocking(sync)
             .await
             .unwrap_or_else(|e| Err(NbdError::new(proto::EIO, e.to_string())));
         // Cancelled before this point (the connection closed), `last` stays as it was and

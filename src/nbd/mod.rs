@@ -21,7 +21,9 @@ pub mod transmission;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -82,7 +84,14 @@ struct Inner {
     addr: SocketAddr,
     slot: Mutex<Option<Arc<Slot>>>,
     status: watch::Sender<Status>,
+    /// When the server started, and the accept loop's last heartbeat, in ms after that.
+    started: Instant,
+    last_beat_ms: AtomicU64,
 }
+
+/// The server answers while its accept loop beat within this (it beats every second; two
+/// runtime threads both blocked this long, or a loop that ended, is a wedged server).
+const ALIVE_BOUND: Duration = Duration::from_secs(15);
 
 impl Host for Inner {
     fn current(&self) -> Option<Arc<Slot>> {
@@ -94,6 +103,11 @@ impl Host for Inner {
 
     fn clients_changed(&self) {
         self.publish();
+    }
+
+    fn beat(&self) {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_beat_ms.store(now, Ordering::Release);
     }
 }
 
@@ -158,6 +172,8 @@ impl Nbd {
             addr,
             slot: Mutex::new(None),
             status: watch::channel(Status::default()).0,
+            started: Instant::now(),
+            last_beat_ms: AtomicU64::new(0),
         });
         let host = inner.clone();
         let limits = inner.options.limits;
@@ -172,6 +188,13 @@ impl Nbd {
             inner,
             _runtime: Arc::new(OwnRuntime(Some(runtime))),
         })
+    }
+
+    /// True while the accept loop beats (the watchdog's probe, `Board::stuck`): it ended,
+    /// or the server's runtime is wedged, otherwise. Cheap; asks the server nothing.
+    pub fn is_alive(&self) -> bool {
+        let last = Duration::from_millis(self.inner.last_beat_ms.load(Ordering::Acquire));
+        self.inner.started.elapsed().saturating_sub(last) <= ALIVE_BOUND
     }
 
     pub fn local_addr(&self) -> SocketAddr {

@@ -43,6 +43,9 @@ impl Default for Limits {
     }
 }
 
+/// How often the accept loop says it is alive ([`Host::beat`]), whatever happens on the port.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
 /// Waits between `accept` attempts while they fail (out of descriptors), doubling.
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
@@ -102,6 +105,9 @@ pub trait Host: Send + Sync + 'static {
     fn current(&self) -> Option<Arc<Slot>>;
     /// Called whenever the number of clients changed.
     fn clients_changed(&self);
+    /// Called by the accept loop at least every [`HEARTBEAT`] while it runs: the watchdog's
+    /// sign that the listener and the server's runtime answer.
+    fn beat(&self);
 }
 
 struct Lookup<'a, H: Host>(&'a H);
@@ -128,8 +134,17 @@ pub async fn accept<H: Host>(listener: TcpListener, host: Arc<H>, limits: Limits
     // Failed accepts in a row, and the wait before the next attempt.
     let mut failures = 0u64;
     let mut backoff = ACCEPT_BACKOFF_MIN;
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = heartbeat.tick() => {
+                host.beat();
+                continue;
+            }
+        };
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 // EMFILE and friends: the connection stays in the backlog and the listener

@@ -49,6 +49,7 @@ fn nbdinfo_sees_an_export() {
         limits: Limits::default(),
     })
     .unwrap();
+    assert!(nbd.is_alive(), "the watchdog's probe");
     let uri = nbd
         .export(
             &crate::access::Permit::for_tests(),

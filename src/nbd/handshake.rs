@@ -286,5 +286,5 @@ async fn reply_error<S: AsyncWrite + Unpin>(
 }
 
 fn lossy(data: &[u8]) -> String {
-    String::from_utf8_lossy(&data[..data.len().min(256)]).into_owned()
+    String::from_utf8_lossy(data.get(..256).unwrap_or(data)).into_owned()
 }

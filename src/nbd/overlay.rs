@@ -121,7 +121,7 @@ impl Overlay {
         if got == HEADER as usize && header == expected {
             let mut raw = vec![0u8; words * 8];
             let n = read_full_at(&map, &mut raw, HEADER)?;
-            raw[n..].fill(0);
+            fill_zeros_from(&mut raw, n);
             for w in raw.chunks_exact(8) {
                 let mut a = [0u8; 8];
                 a.copy_from_slice(w);
@@ -172,8 +172,12 @@ impl Overlay {
     }
 
     pub fn is_allocated(&self, cluster: u64) -> bool {
-        let word = &self.bits[(cluster / 64) as usize];
-        word.load(Ordering::Acquire) & (1 << (cluster % 64)) != 0
+        // A cluster beyond the map (never asked for: requests are checked against the size)
+        // is the base's.
+        usize::try_from(cluster / 64)
+            .ok()
+            .and_then(|w| self.bits.get(w))
+            .is_some_and(|word| word.load(Ordering::Acquire) & (1 << (cluster % 64)) != 0)
     }
 
     /// The clusters of `[offset, offset + len)`, as runs of `(start, len, allocated)` in bytes.
@@ -205,9 +209,14 @@ impl Overlay {
         let last = (offset + len - 1) / CLUSTER;
         for c in first..=last {
             let w = (c / 64) as usize;
-            let old = self.bits[w].fetch_or(1 << (c % 64), Ordering::AcqRel);
-            if old & (1 << (c % 64)) == 0 {
-                self.dirty[w / WORDS_PER_PAGE].store(true, Ordering::Release);
+            let Some(word) = self.bits.get(w) else {
+                continue;
+            };
+            let old = word.fetch_or(1 << (c % 64), Ordering::AcqRel);
+            if old & (1 << (c % 64)) == 0
+                && let Some(flag) = self.dirty.get(w / WORDS_PER_PAGE)
+            {
+                flag.store(true, Ordering::Release);
             }
         }
     }
@@ -218,7 +227,7 @@ impl Overlay {
         let len = CLUSTER.min(self.size - start) as usize;
         let mut buf = vec![0u8; len];
         let n = read_full_at(&self.base, &mut buf, start)?;
-        buf[n..].fill(0);
+        fill_zeros_from(&mut buf, n);
         self.file.write_all_at(&buf, start)
     }
 
@@ -388,11 +397,18 @@ fn header_bytes(identity: BaseIdentity, size: u64) -> [u8; HEADER as usize] {
     h
 }
 
+/// Zeros `buf` from `from` on (what a short read left unread).
+fn fill_zeros_from(buf: &mut [u8], from: usize) {
+    if let Some(rest) = buf.get_mut(from..) {
+        rest.fill(0);
+    }
+}
+
 /// Reads as much of `buf` as the file has at `offset`; returns how much that was.
 pub fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     let mut done = 0;
-    while done < buf.len() {
-        match file.read_at(&mut buf[done..], offset + done as u64) {
+    while let Some(rest) = buf.get_mut(done..).filter(|r| !r.is_empty()) {
+        match file.read_at(rest, offset + done as u64) {
             Ok(0) => break,
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -420,7 +436,7 @@ fn zero_range(file: &File, offset: u64, len: u64, allocate: bool) -> io::Result<
     let end = offset + len;
     while pos < end {
         let n = ((end - pos) as usize).min(zeros.len());
-        file.write_all_at(&zeros[..n], pos)?;
+        file.write_all_at(zeros.get(..n).unwrap_or(&zeros), pos)?;
         pos += n as u64;
     }
     Ok(())

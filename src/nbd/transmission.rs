@@ -538,7 +538,9 @@ fn copy_segments(mut header: Vec<u8>, segments: &[Segment], len: u32) -> io::Res
     header.resize(start + len as usize, 0);
     let mut at = start;
     for s in segments {
-        let buf = &mut header[at..at + s.len as usize];
+        let Some(buf) = header.get_mut(at..at + s.len as usize) else {
+            return Err(io::Error::other("a read plan larger than its READ"));
+        };
         let n = super::overlay::read_full_at(&s.file, buf, s.offset)?;
         if n < buf.len() {
             return Err(io::Error::new(
@@ -584,7 +586,7 @@ async fn send_all(stream: &TcpStream, mut buf: &[u8], more: bool) -> io::Result<
         match stream.try_io(tokio::io::Interest::WRITABLE, || {
             send(raw(stream), buf, flags).map_err(io::Error::from)
         }) {
-            Ok(n) => buf = &buf[n..],
+            Ok(n) => buf = buf.get(n..).unwrap_or_default(),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }

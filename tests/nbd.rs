@@ -1143,3 +1143,32 @@ fn a_listener_out_of_descriptors_backs_off_and_the_rest_goes_on() {
     drop(waiting);
     ok(&run("nbdinfo", &["--size", &uri]));
 }
+
+/// A WRITE larger than the pieces its payload is read in, starting and ending inside
+/// clusters, lands whole; the bytes around it stay the image's.
+#[test]
+fn a_large_unaligned_write_lands_whole() {
+    let bus = Bus::start();
+    let r = rig(&bus, "");
+    let data = noise(4 << 20, 17);
+    std::fs::write(r.images.join("rootfs.img"), &data).unwrap();
+    let uri = export(&r, &["rootfs.img", "--cow"]);
+    // 3 MiB + 777 bytes from offset 1000: twelve pieces and a bit.
+    let (at, len) = (1000usize, (3 << 20) + 777);
+    let out = ok(&run(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            &format!("write -P 0x77 {at} {len}"),
+            "-c",
+            &format!("read -P 0x77 {at} {len}"),
+            &uri,
+        ],
+    ));
+    assert!(!out.contains("Pattern verification failed"), "{out}");
+    let mut expected = data.clone();
+    expected[at..at + len].fill(0x77);
+    assert!(read_all(&uri, r.d.dir.path()) == expected);
+}

@@ -12,15 +12,6 @@
 //! The map records which base it was made for (device, inode, size, modification time), so an
 //! overlay left from an older image is discarded, not laid over a new one.
 
-// TEMPORARY: removed when the lead fixes this file after the merge (issue 13 item 1)
-#![allow(
-    clippy::indexing_slicing,
-    clippy::string_slice,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic
-)]
-
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsFd;

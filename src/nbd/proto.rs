@@ -2,15 +2,6 @@
 //! constants, and pure functions that parse what a client sends and encode what the server
 //! answers. Nothing here does I/O, so the fuzz target and the unit tests drive it directly.
 
-// TEMPORARY: removed when the lead fixes this file after the merge (issue 13 item 1)
-#![allow(
-    clippy::indexing_slicing,
-    clippy::string_slice,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic
-)]
-
 use std::fmt;
 
 /// "NBDMAGIC": the first eight bytes the server sends.

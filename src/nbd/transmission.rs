@@ -17,15 +17,6 @@
 //! - a WRITE's payload is read and written in pieces of [`WRITE_CHUNK`], never held whole;
 //! - the reply buffer holds at most [`SEND_BATCH`] and one reply before it is sent.
 
-// TEMPORARY: removed when the lead fixes this file after the merge (issue 13 item 1)
-#![allow(
-    clippy::indexing_slicing,
-    clippy::string_slice,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic
-)]
-
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;

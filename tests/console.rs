@@ -379,6 +379,10 @@ fn unplug_and_replug_keeps_clients_and_logs_it() {
         d.property("org.rtmd.Dut1.Console", "Connected") == "b true"
     });
     let mut client = tcp(&addr(&d, "TcpRawAddress"));
+    // Output is live only from the moment the client is counted (no replay).
+    eventually("the client is counted", || {
+        d.property("org.rtmd.Dut1.Console", "Clients") == "u 1"
+    });
     let mut board = std::fs::OpenOptions::new()
         .write(true)
         .open(&w.board)
@@ -522,19 +526,27 @@ fn a_board_that_never_reads_its_input_still_has_its_output_read() {
     });
     // Far more input than a pty buffers; the board reads none of it. The paste stalls once
     // rtmd stops taking input (it pushes back): that is fine.
+    let (pasted, pasting) = std::sync::mpsc::channel();
     let paste = std::thread::spawn(move || {
         typist
             .set_write_timeout(Some(Duration::from_secs(5)))
             .unwrap();
         let block = vec![b'x'; 64 * 1024];
-        for _ in 0..16 {
+        for i in 0..16 {
             if typist.write_all(&block).is_err() {
                 break;
             }
+            let _ = pasted.send(i);
         }
         typist
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // Two blocks are in: 128 KiB, far more than the pty buffers, so rtmd's input side is
+    // stuck from here on (or the paste already ended: either way the board talks now).
+    while let Ok(i) = pasting.recv_timeout(DEADLINE) {
+        if i >= 1 {
+            break;
+        }
+    }
     board.write_all(b"board still talking\n").unwrap();
     read_until(&mut watcher, b"board still talking\n");
     drop(paste.join().unwrap());
@@ -729,13 +741,14 @@ fn send_break_works_while_connected_and_is_refused_while_unplugged() {
     assert!(sent.contains("for 250 ms"), "{sent}");
     assert_eq!(d.proc.matching("break sent on").len(), 2);
     drop(client);
-    // The real telnet client: Ctrl-] then `send brk` (its stdin is a pipe; it reads the
-    // command line from it all the same).
+    // The real telnet client: Ctrl-] then `send brk`, on a pseudo-terminal (script) so that
+    // it shows its `telnet>` prompt, which says when it takes the command.
     require("telnet");
+    require("script");
     let address = addr(&d, "TcpAddress");
     let (host, port) = address.rsplit_once(':').unwrap();
-    let mut telnet = Command::new("telnet")
-        .args([host, port])
+    let mut telnet = Command::new("script")
+        .args(["-qfec", &format!("telnet {host} {port}"), "/dev/null"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -747,9 +760,11 @@ fn send_break_works_while_connected_and_is_refused_while_unplugged() {
     tin.write_all(b"ab").unwrap();
     assert_eq!(read_until(&mut board, b"ab"), b"ab");
     tin.write_all(b"\x1d").unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    read_until(&mut tout, b"telnet> ");
     tin.write_all(b"send brk\n").unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    eventually("the telnet client's break", || {
+        d.proc.matching("requested by telnet BREAK").len() == 2
+    });
     tin.write_all(b"cd").unwrap();
     assert_eq!(read_until(&mut board, b"cd"), b"cd");
     eventually("a third break", || {
@@ -1014,7 +1029,8 @@ fn rtmctl_console_log_follow_reads_every_line_once_across_rotations() {
             chunk.push_str(&format!("line {i:05} .......................\n"));
         }
         r.board.write_all(chunk.as_bytes()).unwrap();
-        std::thread::sleep(Duration::from_millis(20));
+        // One batch at a time, as a board prints: the follower has it before the next.
+        follow.wait_line(&format!("line {:05} ", batch * 10 + 9));
     }
     follow.wait_line(&format!("line {:05} ", lines - 1));
     assert!(

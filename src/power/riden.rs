@@ -42,8 +42,18 @@ pub fn scale(model_id: u16) -> Option<Scale> {
     }
 }
 
-pub fn to_raw(value: f64, per_unit: f64) -> u16 {
-    (value * per_unit).round().clamp(0.0, f64::from(u16::MAX)) as u16
+/// A setpoint in register units, or `OutOfRange` when this model's register cannot carry it
+/// (10 A on an RD6006P, whose current register counts 0.1 mA, would otherwise be written as
+/// 6.5535 A). The config's range is checked before; this catches what the model decides.
+pub fn to_raw(value: f64, per_unit: f64, unit: &str) -> Result<u16, PowerError> {
+    let raw = (value * per_unit).round();
+    if !(0.0..=f64::from(u16::MAX)).contains(&raw) {
+        return Err(PowerError::OutOfRange(format!(
+            "{value} {unit} is beyond what this Riden model takes (at most {:.4} {unit})",
+            f64::from(u16::MAX) / per_unit
+        )));
+    }
+    Ok(raw as u16)
 }
 
 pub struct Riden {
@@ -96,14 +106,14 @@ impl PowerSupply for Riden {
     async fn set_voltage(&mut self, volts: f64) -> Result<(), PowerError> {
         let s = self.scale().await?;
         self.link
-            .write(reg::VOLTAGE_SET, to_raw(volts, s.volts))
+            .write(reg::VOLTAGE_SET, to_raw(volts, s.volts, "V")?)
             .await
     }
 
     async fn set_current_limit(&mut self, amps: f64) -> Result<(), PowerError> {
         let s = self.scale().await?;
         self.link
-            .write(reg::CURRENT_SET, to_raw(amps, s.amps))
+            .write(reg::CURRENT_SET, to_raw(amps, s.amps, "A")?)
             .await
     }
 
@@ -171,7 +181,17 @@ mod tests {
             })
         );
         assert_eq!(scale(12345), None);
-        assert_eq!(to_raw(5.1, 1000.0), 5100);
+        assert_eq!(to_raw(5.1, 1000.0, "V").unwrap(), 5100);
+        // An RD6006P counts current in 0.1 mA: 10 A does not fit, and is refused, not
+        // clamped to 6.5535 A.
+        assert!(matches!(
+            to_raw(10.0, 10000.0, "A"),
+            Err(PowerError::OutOfRange(m)) if m.contains("at most 6.5535 A")
+        ));
+        assert!(matches!(
+            to_raw(-0.1, 100.0, "V"),
+            Err(PowerError::OutOfRange(_))
+        ));
     }
 
     use crate::power::dpm86xx::tests::{rtu, scripted_port, supply_config};

@@ -15,7 +15,9 @@
 # (bench/soak/live.py). pdudaemon and nbdkit have no console: their rows have no latency, and
 # rtmd's rows for those floods serve a console beside the flooded face.
 # rtmd serves the console on its telnet port (max_clients 64, the default); ser2net 4 a telnet
-# accepter with max-connections 64, the same cap. Every daemon starts with the soft
+# accepter with max-connections 64, the same cap, 64 KiB buffers and chardelay off (its
+# lowest-latency configuration in bench/console.sh: with its 64-byte default buffers it
+# barely keeps up with the board's 7 KB/s here, and never catches up after a stall). Every daemon starts with the soft
 # descriptor limit a systemd service gets (1,024; the hard one is kept: rtmd raises its soft
 # limit to it at start, the others do not).
 # Prints each run as it ends, then per flood and daemon min / median / max over the runs, the
@@ -45,7 +47,6 @@ NOFILE="--nofile=1024:$HARD"
 
 work=$(mktemp -d)
 pids=()
-holds=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
@@ -60,19 +61,17 @@ wait_port() { for _ in $(seq 400); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/n
 
 # A fresh pty pair per run: $work/dev (the daemon's serial port) and $work/board. socat ends
 # when either side's last descriptor closes, and ser2net opens the device only while it has
-# clients: this shell holds both sides open (never reading them) until the run ends.
+# clients: a sleeping process holds both sides open (never reading them) until the run ends.
+# (Not this shell: the daemons would inherit its descriptors and count them.)
 pty_up() {
   rm -f "$work/dev" "$work/board"
   socat pty,raw,echo=0,link="$work/dev" pty,raw,echo=0,link="$work/board" 2>"$work/socat.log" & socat_pid=$!; pids+=($socat_pid)
   wait_path "$work/dev"; wait_path "$work/board"
-  local h1 h2
-  exec {h1}<>"$work/dev" {h2}<>"$work/board"
-  holds=("$h1" "$h2")
+  sleep 100000 <>"$work/dev" 3<>"$work/board" & hold_pid=$!; pids+=($hold_pid)
 }
 pty_down() {
-  for h in "${holds[@]}"; do exec {h}>&-; done
-  holds=()
-  kill "$socat_pid" 2>/dev/null || true; wait "$socat_pid" 2>/dev/null || true
+  kill "$hold_pid" "$socat_pid" 2>/dev/null || true
+  wait "$hold_pid" "$socat_pid" 2>/dev/null || true
 }
 stop_daemon() { kill "$dpid" 2>/dev/null || true; wait "$dpid" 2>/dev/null || true; }
 
@@ -125,6 +124,9 @@ connection: &soak
   connector: serialdev,$work/dev,115200n81,local
   options:
     max-connections: 64
+    dev-to-net-bufsize: 65536
+    net-to-dev-bufsize: 65536
+    chardelay: false
 YAML
   prlimit "$NOFILE" -- ser2net -n -d -u -c "$work/ser2net.yaml" >"$work/ser2net.log" 2>&1 & dpid=$!; pids+=($dpid)
   wait_port "$fport"
@@ -175,7 +177,8 @@ for flood in "${FLOODS[@]}"; do
       wait "$rpid" || true
       row=$(cat "$work/row.json")
       # What the daemon ran on behalf of the flood (a half-sent request must never run).
-      switched=$(wc -l <"$work/switched" 2>/dev/null || echo 0)
+      switched=0
+      [ ! -f "$work/switched" ] || switched=$(wc -l <"$work/switched")
       row=$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["switched"]=int(sys.argv[2]); r["run"]=int(sys.argv[3]); print(json.dumps(r))' "$row" "$switched" "$run")
       echo "$row" >>"$rows"
       python3 bench/soak/table.py --one "$row"

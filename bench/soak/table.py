@@ -34,9 +34,14 @@ def flood_said(row):
     if "breaks" in r:
         return f"{r['breaks']} breaks sent" + (f", closed: {r['closed']}" if "closed" in r else "")
     if "most_open" in r:
-        answers = ", ".join(f"{n} x {a!r}" for a, n in sorted(r["answers"].items(), key=lambda x: -x[1])[:2])
+        answers = ", ".join(f"{n} x '{printable(a)}'" for a, n in sorted(r["answers"].items(), key=lambda x: -x[1])[:2])
         return f"{r['most_open']} open at most, {r['closed_by_daemon']} closed by it ({answers})"
     return raw[:60]
+
+
+def printable(text):
+    """An answer without the telnet negotiation in front of it (ser2net's)."""
+    return "".join(c for c in text if c.isprintable() and c != "\ufffd")[:60]
 
 
 def one(row):
@@ -90,8 +95,8 @@ def summary(rows):
         if r["flood"] not in floods:
             floods.append(r["flood"])
     print()
-    print("| flood | daemon | peak RSS MiB | peak fds | live p99 ms | lines lost (of ~written) | alive after | the flood (median run) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| flood | daemon | peak RSS MiB | RSS growth MiB | peak fds | fds growth | live p99 ms | lines lost, most (written) | alive after | the flood (median run) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     verdicts = []
     for f in floods:
         by = {}
@@ -103,7 +108,11 @@ def summary(rows):
         for d in daemons:
             rs = by[d]
             rss = [mib(r.get("peak_rss_kib")) for r in rs]
+            before = [mib(r.get("rss_before_kib")) for r in rs]
+            grow = [None if a is None or b is None else a - b for a, b in zip(rss, before)]
             fds = [r.get("peak_fds") for r in rs]
+            fgrow = [None if r.get("peak_fds") is None or r.get("fds_before") is None
+                     else r["peak_fds"] - r["fds_before"] for r in rs]
             has_live = any(r.get("live") for r in rs)
             lat = [p99(r) for r in rs] if has_live else []
             lost = [(r.get("live") or {}).get("lost") for r in rs]
@@ -111,30 +120,40 @@ def summary(rows):
             alive = sum(1 for r in rs if r.get("alive") and "error" not in r)
             mid = sorted(rs, key=lambda r: r.get("peak_rss_kib") or 0)[len(rs) // 2]
             errors = [r["error"] for r in rs if "error" in r]
-            figs[d] = (rss, fds, lat)
-            print(f"| {f} | {d} | {spread(rss)} | {spread(fds, 0)} | "
-                  f"{spread(lat) if has_live else 'no console'} | "
-                  f"{(max(x for x in lost if x is not None) if any(x is not None for x in lost) else '-') if has_live else '-'}"
-                  f"{(' (' + str(max(x for x in written if x is not None)) + ')') if has_live and any(written) else ''} | "
+            figs[d] = {"rss": rss, "before": before, "grow": grow, "fds": fds, "fgrow": fgrow, "lat": lat}
+            lost_s = "-"
+            if has_live and any(x is not None for x in lost):
+                i = max(range(len(rs)), key=lambda i: lost[i] or 0)
+                lost_s = f"{lost[i]} ({written[i]})"
+            print(f"| {f} | {d} | {spread(rss)} | {spread(grow)} | {spread(fds, 0)} | {spread(fgrow, 0)} | "
+                  f"{spread(lat) if has_live else 'no console'} | {lost_s} | "
                   f"{alive} of {len(rs)} | {flood_said(mid)}{'; ' + errors[0] if errors else ''} |")
         if "rtmd" in figs and len(daemons) == 2:
             peer = [d for d in daemons if d != "rtmd"][0]
-            (r_rss, r_fds, r_lat), (p_rss, p_fds, p_lat) = figs["rtmd"], figs[peer]
+            a, b = figs["rtmd"], figs[peer]
 
-            def ratio(a, b):
-                a, b = med(a), med(b)
-                return "-" if a is None or b is None or b == 0 else f"{a / b:.2f}"
+            def ratio(x, y):
+                x, y = med(x), med(y)
+                return "-" if x is None or y is None or y == 0 else f"{x / y:.2f}"
 
-            print(f"| {f} | rtmd / {peer} (medians) | {ratio(r_rss, p_rss)} | {ratio(r_fds, p_fds)} | "
-                  f"{ratio(r_lat, p_lat) if p_lat else '-'} | | | |")
+            print(f"| {f} | rtmd / {peer} (medians) | {ratio(a['rss'], b['rss'])} | | "
+                  f"{ratio(a['fds'], b['fds'])} | | {ratio(a['lat'], b['lat']) if b['lat'] else '-'} | | | |")
             misses = []
-            if any(v is None or v >= GOAL_RSS_MIB for v in r_rss):
-                misses.append(f"RSS reached {fmt(max(v for v in r_rss if v is not None))} MiB")
-            if r_lat and any(v is None or v >= GOAL_P99_MS for v in r_lat):
-                misses.append("live p99 " + ("lost lines" if None in r_lat else f"reached {fmt(max(r_lat))} ms"))
-            for name, a, b in (("RSS", r_rss, p_rss), ("descriptors", r_fds, p_fds), ("live p99", r_lat, p_lat)):
-                if a and b and med(a) is not None and med(b) is not None and med(a) > med(b):
-                    misses.append(f"{name} above {peer}'s")
+            if any(v is None or v >= GOAL_RSS_MIB for v in a["rss"]):
+                misses.append(f"RSS reached {fmt(max(v for v in a['rss'] if v is not None))} MiB")
+            if a["lat"] and any(v is None or v >= GOAL_P99_MS for v in a["lat"]):
+                misses.append("live p99 " + ("lost lines" if None in a["lat"] else f"reached {fmt(max(a['lat']))} ms"))
+            if med(a["rss"]) is not None and med(b["rss"]) is not None and med(a["rss"]) > med(b["rss"]):
+                misses.append(f"peak RSS {fmt(med(a['rss']))} MiB above {peer}'s {fmt(med(b['rss']))} "
+                              f"(at rest {fmt(med(a['before']))} vs {fmt(med(b['before']))}; "
+                              f"the flood added {fmt(med(a['grow']))} vs {fmt(med(b['grow']))})")
+            if med(a["fds"]) is not None and med(b["fds"]) is not None and med(a["fds"]) > med(b["fds"]):
+                misses.append(f"peak descriptors {fmt(med(a['fds']), 0)} above {peer}'s {fmt(med(b['fds']), 0)} "
+                              f"(the flood added {fmt(med(a['fgrow']), 0)} vs {fmt(med(b['fgrow']), 0)})")
+            if a["lat"] and b["lat"]:
+                ma, mb = med(a["lat"]), med(b["lat"])
+                if ma is not None and (mb is not None and ma > mb):
+                    misses.append(f"live p99 {fmt(ma)} ms above {peer}'s {fmt(mb)}")
             verdicts.append(f"{f}: " + ("goal met" if not misses else "goal NOT met: " + "; ".join(misses)))
     print()
     print(f"goal: rtmd under {GOAL_RSS_MIB} MiB RSS and live p99 under {GOAL_P99_MS} ms on every run, "

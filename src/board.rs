@@ -84,6 +84,10 @@ impl Board {
                         .clone()
                         .unwrap_or_else(|| store.dir().join(".rtmd/overlays").join(&config.name)),
                     claims: store.claims().clone(),
+                    limits: crate::nbd::Limits {
+                        max_clients: c.max_clients as usize,
+                        handshake_timeout: std::time::Duration::from_secs(c.handshake_timeout_s),
+                    },
                 })
                 .map_err(|e| format!("[nbd]: {e}"))?,
             ),
@@ -121,8 +125,8 @@ impl Board {
             None => None,
         };
         spawn_lease_ends(ended, gate.clone(), power.clone());
-        // The owners that can say whether they answer. NBD, the image store and capture
-        // have no owner probe yet: their handles hold their own status senders.
+        // The owners that can say whether they answer. The image store and capture have no
+        // owner probe yet: their handles hold their own status senders.
         let mut liveness = Liveness::default();
         if let Some(p) = power.clone() {
             liveness.watch("power", move || p.is_alive());
@@ -132,6 +136,9 @@ impl Board {
         }
         if let Some(s) = &storage {
             liveness.watch("storage", owner_exists(s.subscribe()));
+        }
+        if let Some(n) = nbd.clone() {
+            liveness.watch("nbd", move || n.is_alive());
         }
         Ok(Board {
             config,

@@ -222,6 +222,10 @@ pub struct NbdConfig {
     pub uri_host: Option<String>,
     /// Where `cow` overlays live (default: `<images dir>/.rtmd/overlays/<board>`).
     pub overlay_dir: Option<PathBuf>,
+    /// Connections at once, handshakes included (default 32).
+    pub max_clients: u32,
+    /// A client's whole handshake must be done within this (default 10 s).
+    pub handshake_timeout_s: u64,
 }
 
 /// `[storage]`: the USB gadget (docs/storage.md): mass storage and a keyboard.
@@ -286,6 +290,11 @@ pub struct CaptureConfig {
 /// Loopback and the NBD port IANA assigned.
 pub const NBD_DEFAULT_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 10809);
+/// A board's kernel (one to a few connections), an `nbdcopy` (four) and an admin's client at
+/// once, with room to spare; each connection costs at most about 1 MiB (docs/nbd.md).
+pub const NBD_DEFAULT_MAX_CLIENTS: u32 = 32;
+const NBD_MAX_CLIENTS_LIMIT: u32 = 1024;
+pub const NBD_DEFAULT_HANDSHAKE_TIMEOUT_S: u64 = 10;
 
 /// `[pdudaemon_api]`: answer pdudaemon's protocols for this board's power.
 #[derive(Debug, Clone)]
@@ -412,6 +421,8 @@ struct RawNbd {
     listen: S<String>,
     uri_host: S<String>,
     overlay_dir: S<String>,
+    max_clients: S<u32>,
+    handshake_timeout_s: S<u64>,
 }
 
 #[derive(Deserialize)]
@@ -617,10 +628,29 @@ fn validate(
                 Some(d) => Some(PathBuf::from(d.get_ref())),
                 None => None,
             };
+            let max_clients = match &n.max_clients {
+                Some(v) if !(1..=NBD_MAX_CLIENTS_LIMIT).contains(v.get_ref()) => {
+                    return Err(cx.at(
+                        v,
+                        format!("`max_clients` must be between 1 and {NBD_MAX_CLIENTS_LIMIT}"),
+                    ));
+                }
+                Some(v) => *v.get_ref(),
+                None => NBD_DEFAULT_MAX_CLIENTS,
+            };
+            let handshake_timeout_s = match &n.handshake_timeout_s {
+                Some(v) if !(1..=600).contains(v.get_ref()) => {
+                    return Err(cx.at(v, "`handshake_timeout_s` must be between 1 and 600"));
+                }
+                Some(v) => *v.get_ref(),
+                None => NBD_DEFAULT_HANDSHAKE_TIMEOUT_S,
+            };
             Some(NbdConfig {
                 listen,
                 uri_host,
                 overlay_dir,
+                max_clients,
+                handshake_timeout_s,
             })
         }
         None => None,

@@ -727,3 +727,448 @@ fn image_fetch_then_export_in_one_command() {
     ok_line(&out);
     assert!(read_all(&uri, r.d.dir.path()) == data);
 }
+
+/// rtmd's memory bound under any one client's flood (docs/nbd.md "What a client may cost"):
+/// the issue's goal for the whole daemon. Before backpressure, a FLUSH flood reached 8 GB.
+const RSS_BOUND_KIB: u64 = 64 * 1024;
+
+/// A field of /proc/PID/status in KiB (`VmRSS`, `VmHWM`: the peak).
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or_else(|| panic!("no {field} in {status}"))
+}
+
+/// tests/nbd/flood.py against the export: `args` after the port.
+fn flood(port: u16, args: &[&str]) -> Proc {
+    require("python3");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/nbd/flood.py");
+    let mut cmd = Command::new("python3");
+    cmd.arg(script).arg(port.to_string()).args(args);
+    let p = Proc::spawn("flood.py", cmd, true);
+    p.wait_line("flooding");
+    p
+}
+
+/// Clients that send FLUSH (and READ) requests as fast as they can and never read a reply
+/// stop being read; rtmd's memory stays bounded, and other clients read, write and flush
+/// through it all.
+#[test]
+fn a_flood_that_never_reads_its_replies_stops_being_read() {
+    let bus = Bus::start();
+    let r = rig(&bus, "");
+    let data = noise(4 << 20, 12);
+    std::fs::write(r.images.join("rootfs.img"), &data).unwrap();
+    let uri = export(&r, &["rootfs.img", "--cow"]);
+    let pid = r.d.proc.child.id();
+
+    let mut flushes = flood(r.port, &["--command", "flush"]);
+    // The event that says backpressure held: rtmd stopped reading that client.
+    r.d.proc
+        .wait_line("replies are waiting for the client to read them");
+    let mut reads = flood(
+        r.port,
+        &[
+            "--command",
+            "read",
+            "--length",
+            "65536",
+            "--connections",
+            "2",
+        ],
+    );
+    reads.wait_line("blocked after");
+
+    // Others are served meanwhile: a reader (four connections) and a writer whose FLUSH
+    // shares the overlay with the flood's.
+    assert!(
+        read_all(&uri, r.d.dir.path()) == data,
+        "nbdcopy during the flood"
+    );
+    ok(&run(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x5a 8k 4k",
+            "-c",
+            "flush",
+            "-c",
+            "read -P 0x5a 8k 4k",
+            &uri,
+        ],
+    ));
+    let peak = status_kib(pid, "VmHWM");
+    eprintln!("rtmd's peak RSS during the flood: {peak} KiB");
+    assert!(
+        peak < RSS_BOUND_KIB,
+        "rtmd's peak RSS is {peak} KiB during the flood"
+    );
+
+    // Unexport ends the flood's connections although their readers are blocked.
+    ok_line(&r.d.rtmctl(&["nbd", "unexport"]));
+    assert_eq!(r.d.property("org.rtmd.Dut1.Nbd", "Clients"), "u 0");
+    for flood in [&mut flushes, &mut reads] {
+        assert!(flood.wait().success());
+        assert!(flood.text().contains("the server closed a connection"));
+    }
+    assert!(r.d.proc.matching("slow to close").is_empty());
+    let uri = export(&r, &["rootfs.img", "--cow"]);
+    let mut expected = data.clone();
+    expected[8192..12288].fill(0x5a);
+    assert!(read_all(&uri, r.d.dir.path()) == expected, "nbdcopy after");
+    let peak = status_kib(pid, "VmHWM");
+    assert!(peak < RSS_BOUND_KIB, "rtmd's peak RSS is {peak} KiB");
+    assert!(
+        r.d.proc.matching("replies are waiting").len() == 1,
+        "said once, for the FLUSH flood's connection"
+    );
+}
+
+/// Past `max_clients` connections (a handshake left half-done counts), a new one is closed
+/// at once; the connected clients go on, and a freed place is taken again.
+#[test]
+fn connections_over_max_clients_are_refused_and_the_others_keep_working() {
+    let bus = Bus::start();
+    let r = rig(&bus, "max_clients = 3\n");
+    let data = noise(1 << 20, 13);
+    std::fs::write(r.images.join("rootfs.img"), &data).unwrap();
+    let uri = export(&r, &["rootfs.img", "--cow"]);
+    let addr = ("127.0.0.1", r.port);
+
+    let mut steady = Command::new("qemu-io");
+    steady.args(["-f", "raw", &uri]);
+    let mut steady = Proc::spawn_stdin("qemu-io", steady);
+    eventually("one client", || {
+        r.d.property("org.rtmd.Dut1.Nbd", "Clients") == "u 1"
+    });
+    let idle = handshake(addr);
+    eventually("two clients", || {
+        r.d.property("org.rtmd.Dut1.Nbd", "Clients") == "u 2"
+    });
+    // The third place: a handshake that stops after the greeting.
+    let mut half = TcpStream::connect(addr).unwrap();
+    half.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut greeting = [0u8; 18];
+    half.read_exact(&mut greeting).unwrap();
+
+    // Over the cap: no greeting, the connection is closed; a real client says so.
+    let mut over = TcpStream::connect(addr).unwrap();
+    over.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut got = Vec::new();
+    assert!(
+        matches!(over.read_to_end(&mut got), Ok(0) | Err(_)) && got.is_empty(),
+        "no greeting over the cap: {got:?}"
+    );
+    let out = run("nbdinfo", &["--size", &uri]);
+    assert!(!out.status.success(), "nbdinfo over the cap");
+    r.d.proc
+        .wait_line("refused: 3 connections already (max_clients)");
+    // Fifty more, held open by their client: each is closed by rtmd at once, and costs it no
+    // descriptor.
+    let pid = r.d.proc.child.id();
+    let descriptors = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let before = descriptors();
+    let held: Vec<TcpStream> = (0..50).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    for mut s in &held {
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        assert!(matches!(s.read(&mut [0u8; 1]), Ok(0) | Err(_)), "closed");
+    }
+    let after = descriptors();
+    assert!(after <= before + 2, "{before} descriptors, then {after}");
+
+    // The clients inside go on.
+    steady.send("write -P 0x42 0 512\n");
+    steady.send("read -P 0x42 0 512\n");
+    let mut cookie_read = Vec::new();
+    cookie_read.extend_from_slice(&0x2560_9513u32.to_be_bytes());
+    cookie_read.extend_from_slice(&[0, 0, 0, 0]);
+    cookie_read.extend_from_slice(&7u64.to_be_bytes());
+    cookie_read.extend_from_slice(&4096u64.to_be_bytes());
+    cookie_read.extend_from_slice(&4096u32.to_be_bytes());
+    let mut idle = idle;
+    idle.write_all(&cookie_read).unwrap();
+    let mut reply = [0u8; 16 + 4096];
+    idle.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply[4..8], &[0, 0, 0, 0], "errno");
+    assert!(reply[16..] == data[4096..8192], "the idle client reads");
+
+    // A place freed is taken again.
+    drop(half);
+    eventually("nbdinfo gets the freed place", || {
+        run("nbdinfo", &["--size", &uri]).status.success()
+    });
+    // Said once per burst, then counted.
+    assert_eq!(r.d.proc.matching("refused: 3 connections").len(), 1);
+    r.d.proc
+        .wait_line("connections were refused in all over max_clients = 3");
+    steady.send("quit\n");
+    steady.stdin = None;
+    assert!(steady.wait().success());
+    let out = steady.text();
+    assert!(out.contains("read 512/512 bytes"), "{out}");
+    assert!(!out.contains("Pattern verification failed"), "{out}");
+}
+
+/// A client that stops in the middle of its handshake is dropped at `handshake_timeout_s`,
+/// and its place is free again; a client in transmission has no such deadline.
+#[test]
+fn a_client_stalled_in_its_handshake_is_released_by_the_deadline() {
+    let bus = Bus::start();
+    let r = rig(&bus, "max_clients = 2\nhandshake_timeout_s = 1\n");
+    let data = noise(1 << 20, 14);
+    std::fs::write(r.images.join("rootfs.img"), &data).unwrap();
+    let uri = export(&r, &["rootfs.img"]);
+    let addr = ("127.0.0.1", r.port);
+    // In transmission before the stalled one comes, idle until after it is dropped.
+    let mut idle = handshake(addr);
+
+    let mut stalled = TcpStream::connect(addr).unwrap();
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut greeting = [0u8; 18];
+    stalled.read_exact(&mut greeting).unwrap();
+    // Half of the client flags, then nothing.
+    stalled.write_all(&[0, 0]).unwrap();
+    let mut rest = [0u8; 1];
+    assert_eq!(stalled.read(&mut rest).unwrap(), 0, "closed by rtmd");
+    r.d.proc.wait_line("no complete handshake within 1s");
+
+    // Its place is free, and the idle client was not dropped.
+    ok(&run("nbdinfo", &["--size", &uri]));
+    let mut req = Vec::new();
+    req.extend_from_slice(&0x2560_9513u32.to_be_bytes());
+    req.extend_from_slice(&[0, 0, 0, 0]);
+    req.extend_from_slice(&9u64.to_be_bytes());
+    req.extend_from_slice(&0u64.to_be_bytes());
+    req.extend_from_slice(&512u32.to_be_bytes());
+    idle.write_all(&req).unwrap();
+    let mut reply = [0u8; 16 + 512];
+    idle.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply[4..8], &[0, 0, 0, 0], "errno");
+    assert!(reply[16..] == data[..512]);
+}
+
+/// One NBD request with simple replies: its header (and payload), then its reply's errno.
+fn request(s: &mut TcpStream, command: u16, offset: u64, payload: &[u8]) -> u32 {
+    let mut req = Vec::new();
+    req.extend_from_slice(&0x2560_9513u32.to_be_bytes());
+    req.extend_from_slice(&0u16.to_be_bytes());
+    req.extend_from_slice(&command.to_be_bytes());
+    req.extend_from_slice(&u64::from(command).to_be_bytes());
+    req.extend_from_slice(&offset.to_be_bytes());
+    req.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    req.extend_from_slice(payload);
+    s.write_all(&req).unwrap();
+    reply_errno(s)
+}
+
+fn reply_errno(s: &mut TcpStream) -> u32 {
+    let mut reply = [0u8; 16];
+    s.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply[..4], &0x6744_6698u32.to_be_bytes(), "simple reply");
+    u32::from_be_bytes([reply[4], reply[5], reply[6], reply[7]])
+}
+
+/// The power cut between the two steps of a FLUSH: the overlay's data is synced, its map not
+/// yet. rtmd (a debug build) pauses there on the test's FIFO; the test keeps a copy of the
+/// overlay's data as the disk has it then, writes another cluster (acknowledged, not flushed),
+/// lets the flush finish and kills rtmd; then puts the data back as the power cut would have
+/// left it (the later write lost) and starts rtmd again. Every cluster the map holds must be
+/// there: the one the FLUSH covered reads as written, the later one as the image, never as a
+/// hole. (Taking the map's bits after syncing the data made the later cluster read as zeros.)
+#[test]
+fn a_crash_between_a_flushs_data_and_its_map_keeps_the_map_honest() {
+    let bus = Bus::start();
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let data = noise(1 << 20, 15);
+    std::fs::write(images.join("rootfs.img"), &data).unwrap();
+    let fifo = dir.path().join("flush-pause");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let port = free_port();
+    let config = dir.path().join("board.toml");
+    std::fs::write(&config, config_text(port, "")).unwrap();
+    let proc = Daemon::spawn_env(&bus.address, &config, &[("RTMD_TEST_FLUSH_PAUSE", &fifo)]);
+    proc.wait_line("ready on");
+    let mut r = Rig {
+        d: Daemon {
+            proc,
+            dir,
+            board: BOARD.to_string(),
+            bus: bus.address.clone(),
+        },
+        images,
+        port,
+    };
+    export(&r, &["rootfs.img", "--cow"]);
+    let overlay = r
+        .images
+        .join(".rtmd/overlays")
+        .join(BOARD)
+        .join("rootfs.img.cow");
+    let addr = ("127.0.0.1", r.port);
+
+    // Client A writes a cluster and flushes; the flush stops after syncing the data.
+    let mut a = handshake(addr);
+    assert_eq!(request(&mut a, 1, 0, &[0x55; 4096]), 0);
+    let flush = {
+        let mut req = Vec::new();
+        req.extend_from_slice(&0x2560_9513u32.to_be_bytes());
+        req.extend_from_slice(&[0, 0, 0, 3]);
+        req.extend_from_slice(&3u64.to_be_bytes());
+        req.extend_from_slice(&[0; 12]);
+        req
+    };
+    a.write_all(&flush).unwrap();
+    r.d.proc
+        .wait_line("test hook: flush paused between the overlay's data and its map");
+    let durable = std::fs::read(&overlay).unwrap();
+
+    // Client B writes another cluster meanwhile: acknowledged, not flushed.
+    let mut b = handshake(addr);
+    assert_eq!(request(&mut b, 1, 65536, &[0x66; 4096]), 0);
+
+    // The flush goes on and is acknowledged; then the power goes.
+    std::fs::write(&fifo, b"go").unwrap();
+    assert_eq!(reply_errno(&mut a), 0, "FLUSH acknowledged");
+    r.d.proc.signal_and_wait("KILL");
+    drop((a, b));
+    // What the disk holds after the cut: the data as synced, the map as synced.
+    std::fs::write(&overlay, &durable).unwrap();
+
+    r.d.proc = Daemon::spawn(&bus.address, &config);
+    r.d.proc.wait_line("ready on");
+    let uri = export(&r, &["rootfs.img", "--cow"]);
+    let back = read_all(&uri, r.d.dir.path());
+    assert!(
+        back[..4096].iter().all(|&b| b == 0x55),
+        "what FLUSH acknowledged is there"
+    );
+    assert!(
+        back[65536..69632] == data[65536..69632],
+        "the unflushed cluster reads as the image, not as a hole: its bit was not made durable \
+         before its data ({:?}...)",
+        &back[65536..65552]
+    );
+    assert!(back[4096..65536] == data[4096..65536] && back[69632..] == data[69632..]);
+}
+
+/// rtmd out of descriptors: the listener cannot accept, backs off and says so once; the
+/// connected client and D-Bus go on; once descriptors are free again it accepts the
+/// connections that waited.
+#[test]
+fn a_listener_out_of_descriptors_backs_off_and_the_rest_goes_on() {
+    require("prlimit");
+    let bus = Bus::start();
+    let r = rig(&bus, "");
+    let data = noise(1 << 20, 16);
+    std::fs::write(r.images.join("rootfs.img"), &data).unwrap();
+    let uri = export(&r, &["rootfs.img"]);
+    let addr = ("127.0.0.1", r.port);
+    let mut steady = handshake(addr);
+    eventually("one client", || {
+        r.d.property("org.rtmd.Dut1.Nbd", "Clients") == "u 1"
+    });
+
+    // Two descriptors left, then six connections.
+    let pid = r.d.proc.child.id().to_string();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let (soft, hard) = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[3].to_string(), f[4].to_string())
+        })
+        .unwrap();
+    let low = (open + 2).to_string();
+    ok(&run(
+        "prlimit",
+        &["--pid", &pid, &format!("--nofile={low}:{hard}")],
+    ));
+    let waiting: Vec<TcpStream> = (0..6).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    r.d.proc.wait_line("cannot accept connections");
+
+    // The connected client reads; D-Bus answers.
+    let mut req = Vec::new();
+    req.extend_from_slice(&0x2560_9513u32.to_be_bytes());
+    req.extend_from_slice(&[0, 0, 0, 0]);
+    req.extend_from_slice(&1u64.to_be_bytes());
+    req.extend_from_slice(&4096u64.to_be_bytes());
+    req.extend_from_slice(&4096u32.to_be_bytes());
+    steady.write_all(&req).unwrap();
+    let mut reply = [0u8; 16 + 4096];
+    steady.read_exact(&mut reply).unwrap();
+    assert!(reply[4..8] == [0, 0, 0, 0] && reply[16..] == data[4096..8192]);
+    assert!(ok_line(&r.d.rtmctl(&["nbd", "status"])).contains("rootfs.img (ro)"));
+
+    // Descriptors again: the connections that waited in the backlog are taken.
+    ok(&run(
+        "prlimit",
+        &["--pid", &pid, &format!("--nofile={soft}:{hard}")],
+    ));
+    let again = r.d.proc.wait_line("accepting connections again after");
+    let attempts: u64 = again
+        .split("after ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(
+        attempts < 1000,
+        "it backed off instead of spinning: {again}"
+    );
+    assert_eq!(
+        r.d.proc.matching("cannot accept connections").len(),
+        1,
+        "said once"
+    );
+    drop(waiting);
+    ok(&run("nbdinfo", &["--size", &uri]));
+}
+
+/// A WRITE larger than the pieces its payload is read in, starting and ending inside
+/// clusters, lands whole; the bytes around it stay the image's.
+#[test]
+fn a_large_unaligned_write_lands_whole() {
+    let bus = Bus::start();
+    let r = rig(&bus, "");
+    let data = noise(4 << 20, 17);
+    std::fs::write(r.images.join("rootfs.img"), &data).unwrap();
+    let uri = export(&r, &["rootfs.img", "--cow"]);
+    // 3 MiB + 777 bytes from offset 1000: twelve pieces and a bit.
+    let (at, len) = (1000usize, (3 << 20) + 777);
+    let out = ok(&run(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            &format!("write -P 0x77 {at} {len}"),
+            "-c",
+            &format!("read -P 0x77 {at} {len}"),
+            &uri,
+        ],
+    ));
+    assert!(!out.contains("Pattern verification failed"), "{out}");
+    let mut expected = data.clone();
+    expected[at..at + len].fill(0x77);
+    assert!(read_all(&uri, r.d.dir.path()) == expected);
+}

@@ -279,6 +279,27 @@ fn nbd_defaults_and_mistakes() {
     let n = c.nbd.unwrap();
     assert_eq!(n.listen, NBD_DEFAULT_LISTEN);
     assert_eq!((n.uri_host, n.overlay_dir), (None, None));
+    assert_eq!((n.max_clients, n.handshake_timeout_s), (32, 10));
+    let n = parse_str(
+        "name = \"b\"\n[images]\ndir = \"/i\"\n[nbd]\nmax_clients = 4\nhandshake_timeout_s = 2\n",
+    )
+    .unwrap()
+    .nbd
+    .unwrap();
+    assert_eq!((n.max_clients, n.handshake_timeout_s), (4, 2));
+    for (line, key) in [
+        ("max_clients = 0", "max_clients"),
+        ("max_clients = 1025", "max_clients"),
+        ("max_clients = -1", "max_clients"),
+        ("handshake_timeout_s = 0", "handshake_timeout_s"),
+        ("handshake_timeout_s = 601", "handshake_timeout_s"),
+    ] {
+        let e = err(&format!(
+            "name = \"b\"\n[images]\ndir = \"/i\"\n[nbd]\n{line}\n"
+        ));
+        assert_eq!(e.line, 5, "{line}: {e}");
+        assert_eq!(e.column, key.len() + 4, "{line}: {e}");
+    }
 
     let e = err("name = \"b\"\n[nbd]\nlisten = \"127.0.0.1:10809\"\n");
     assert_eq!((e.line, e.column), (2, 1));

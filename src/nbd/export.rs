@@ -11,6 +11,7 @@ use std::sync::Arc;
 use nix::fcntl::{PosixFadviseAdvice, posix_fadvise};
 use nix::unistd::{Whence, lseek};
 
+use super::flush::Flushes;
 use super::overlay::{CLUSTER, Overlay};
 use super::proto;
 
@@ -31,6 +32,8 @@ pub struct Export {
     pub size: u64,
     base: Arc<File>,
     overlay: Option<Overlay>,
+    /// FLUSHes of every connection, coalesced.
+    pub flushes: Flushes,
 }
 
 /// An NBD error: the errno for the wire and a message for the log and structured replies.
@@ -93,6 +96,7 @@ impl Export {
             size,
             base,
             overlay,
+            flushes: Flushes::default(),
         })
     }
 

@@ -1,6 +1,9 @@
 //! The entry point for fuzzing (`fuzz/`, docs/nbd.md "Fuzzing"): feeds arbitrary bytes to the
 //! real handshake, then parses what follows as requests and runs the real validation and the
-//! export's read, write and block-status paths on them. Any panic is a bug.
+//! export's read, write and block-status paths on them, checking what each returns. Then the
+//! same bytes go to the real server over a loopback TCP connection: the handshake and the
+//! whole transmission phase (replies, `sendfile`, chunked writes, coalesced FLUSHes,
+//! backpressure) as a client's bytes reach them. Any panic is a bug.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -55,10 +58,13 @@ pub fn server(data: &[u8]) -> usize {
         return 0;
     };
     let exports = One(std::sync::Arc::new(export));
-    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().build() else {
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
         return 0;
     };
-    runtime.block_on(async {
+    let valid = runtime.block_on(async {
         let (mut client, mut server) = tokio::io::duplex(1 << 20);
         // The client's bytes, then EOF.
         let _ = client.write_all(data).await;
@@ -74,7 +80,44 @@ pub fn server(data: &[u8]) -> usize {
         drop(server);
         let _ = drain.await;
         valid
-    })
+    });
+    runtime.block_on(over_tcp(data, &exports));
+    valid
+}
+
+/// The bytes as a client on loopback sends them, to the real handshake and transmission
+/// phase; the client reads every reply, concurrently (a client that does not read is
+/// tests/nbd.rs's business).
+async fn over_tcp(data: &[u8], exports: &One) {
+    let Ok(listener) = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await else {
+        return;
+    };
+    let Ok(addr) = listener.local_addr() else {
+        return;
+    };
+    let Ok(client) = tokio::net::TcpStream::connect(addr).await else {
+        return;
+    };
+    let Ok((mut server, peer)) = listener.accept().await else {
+        return;
+    };
+    let (mut rd, mut wr) = client.into_split();
+    let bytes = data.to_vec();
+    let send = tokio::spawn(async move {
+        let _ = wr.write_all(&bytes).await;
+        let _ = wr.shutdown().await;
+    });
+    let drain = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut rd, &mut tokio::io::sink()).await;
+    });
+    if let Ok(negotiated) = handshake::negotiate(&mut server, exports).await {
+        let (_withdraw, withdrawn) = tokio::sync::watch::channel(false);
+        let _ = transmission::serve(server, peer, negotiated, withdrawn).await;
+    } else {
+        drop(server);
+    }
+    let _ = send.await;
+    let _ = drain.await;
 }
 
 async fn requests(

@@ -2,15 +2,6 @@
 //! an export (`GO` or `EXPORT_NAME`) or leaves. Every option the spec defines that this
 //! server does not offer is answered with `ERR_UNSUP`, and the client may go on.
 
-// TEMPORARY: removed when the lead fixes this file after the merge (issue 13 item 1)
-#![allow(
-    clippy::indexing_slicing,
-    clippy::string_slice,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic
-)]
-
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -286,5 +277,5 @@ async fn reply_error<S: AsyncWrite + Unpin>(
 }
 
 fn lossy(data: &[u8]) -> String {
-    String::from_utf8_lossy(&data[..data.len().min(256)]).into_owned()
+    String::from_utf8_lossy(data.get(..256).unwrap_or(data)).into_owned()
 }

@@ -6,10 +6,12 @@
 //!
 //! Parts: [`proto`] the wire format (pure functions), [`handshake`] option haggling,
 //! [`transmission`] requests and replies of one connection, [`export`] the image and its
-//! operations, [`overlay`] the copy-on-write overlay, [`server`] the listener and the
-//! export slot. This handle ([`Nbd`]) is what the board and the D-Bus layer use.
+//! operations, [`flush`] FLUSHes coalesced into few syncs, [`overlay`] the copy-on-write
+//! overlay, [`server`] the listener (its connection cap and deadlines) and the export slot.
+//! This handle ([`Nbd`]) is what the board and the D-Bus layer use.
 
 pub mod export;
+pub mod flush;
 pub mod fuzz;
 pub mod handshake;
 pub mod overlay;
@@ -19,7 +21,9 @@ pub mod transmission;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -28,6 +32,7 @@ use crate::access::Permit;
 use crate::images::{Claim, Claims, User};
 
 pub use export::{Export, Mode};
+pub use server::Limits;
 use server::{Host, Slot};
 
 /// Where the server listens and where overlays live.
@@ -42,6 +47,8 @@ pub struct NbdOptions {
     /// The image folder's claims: an export takes one (the one-writer rule, shared with the
     /// USB gadget and image removal) and gives it back when withdrawn.
     pub claims: Claims,
+    /// What the listener lets clients cost.
+    pub limits: Limits,
 }
 
 /// What the D-Bus properties show.
@@ -77,7 +84,14 @@ struct Inner {
     addr: SocketAddr,
     slot: Mutex<Option<Arc<Slot>>>,
     status: watch::Sender<Status>,
+    /// When the server started, and the accept loop's last heartbeat, in ms after that.
+    started: Instant,
+    last_beat_ms: AtomicU64,
 }
+
+/// The server answers while its accept loop beat within this (it beats every second; two
+/// runtime threads both blocked this long, or a loop that ended, is a wedged server).
+const ALIVE_BOUND: Duration = Duration::from_secs(15);
 
 impl Host for Inner {
     fn current(&self) -> Option<Arc<Slot>> {
@@ -89,6 +103,11 @@ impl Host for Inner {
 
     fn clients_changed(&self) {
         self.publish();
+    }
+
+    fn beat(&self) {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_beat_ms.store(now, Ordering::Release);
     }
 }
 
@@ -153,11 +172,14 @@ impl Nbd {
             addr,
             slot: Mutex::new(None),
             status: watch::channel(Status::default()).0,
+            started: Instant::now(),
+            last_beat_ms: AtomicU64::new(0),
         });
         let host = inner.clone();
+        let limits = inner.options.limits;
         runtime.spawn(async move {
             match tokio::net::TcpListener::from_std(listener) {
-                Ok(l) => server::accept(l, host).await,
+                Ok(l) => server::accept(l, host, limits).await,
                 Err(e) => warn!(subsystem = "nbd", "cannot serve: {e}"),
             }
         });
@@ -166,6 +188,13 @@ impl Nbd {
             inner,
             _runtime: Arc::new(OwnRuntime(Some(runtime))),
         })
+    }
+
+    /// True while the accept loop beats (the watchdog's probe, `Board::stuck`): it ended,
+    /// or the server's runtime is wedged, otherwise. Cheap; asks the server nothing.
+    pub fn is_alive(&self) -> bool {
+        let last = Duration::from_millis(self.inner.last_beat_ms.load(Ordering::Acquire));
+        self.inner.started.elapsed().saturating_sub(last) <= ALIVE_BOUND
     }
 
     pub fn local_addr(&self) -> SocketAddr {

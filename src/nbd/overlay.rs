@@ -3,22 +3,14 @@
 //! The base image is opened read-only and never written.
 //!
 //! Durability: data goes to the overlay file first; its bit is set in memory once the data is
-//! there. FLUSH (and FUA) makes it durable in that order: `fdatasync` of the overlay, then the
-//! map pages that changed, then `fdatasync` of the map. A crash can lose only what no FLUSH
-//! covered, which the protocol allows; a torn map write can only lose bits of such writes,
-//! because bits are never cleared except by [`Overlay::reset`].
+//! there. FLUSH (and FUA) makes it durable in that order: the bits of the changed map pages
+//! are taken, then the overlay is `fdatasync`ed, then those bits are written to the map and it
+//! is `fdatasync`ed ([`Overlay::flush`]). So a bit on disk always points at data on disk, and a
+//! crash can lose only what no FLUSH covered, which the protocol allows; a torn map write can
+//! only lose bits of such writes, because bits are never cleared except by [`Overlay::reset`].
 //!
 //! The map records which base it was made for (device, inode, size, modification time), so an
 //! overlay left from an older image is discarded, not laid over a new one.
-
-// TEMPORARY: removed when the lead fixes this file after the merge (issue 13 item 1)
-#![allow(
-    clippy::indexing_slicing,
-    clippy::string_slice,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic
-)]
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -83,6 +75,8 @@ pub struct Overlay {
     bits: Vec<AtomicU64>,
     /// One flag per map page: changed since the last flush.
     dirty: Vec<AtomicBool>,
+    /// One flush at a time (see [`Overlay::flush`]).
+    flushing: Mutex<()>,
     /// Serializes the allocation of clusters (copy-up of partly written clusters), so that
     /// two connections writing parts of one new cluster cannot overwrite each other.
     allocating: Mutex<()>,
@@ -118,7 +112,7 @@ impl Overlay {
         if got == HEADER as usize && header == expected {
             let mut raw = vec![0u8; words * 8];
             let n = read_full_at(&map, &mut raw, HEADER)?;
-            raw[n..].fill(0);
+            fill_zeros_from(&mut raw, n);
             for w in raw.chunks_exact(8) {
                 let mut a = [0u8; 8];
                 a.copy_from_slice(w);
@@ -159,6 +153,7 @@ impl Overlay {
             size,
             bits,
             dirty: (0..pages).map(|_| AtomicBool::new(false)).collect(),
+            flushing: Mutex::new(()),
             allocating: Mutex::new(()),
         })
     }
@@ -168,8 +163,12 @@ impl Overlay {
     }
 
     pub fn is_allocated(&self, cluster: u64) -> bool {
-        let word = &self.bits[(cluster / 64) as usize];
-        word.load(Ordering::Acquire) & (1 << (cluster % 64)) != 0
+        // A cluster beyond the map (never asked for: requests are checked against the size)
+        // is the base's.
+        usize::try_from(cluster / 64)
+            .ok()
+            .and_then(|w| self.bits.get(w))
+            .is_some_and(|word| word.load(Ordering::Acquire) & (1 << (cluster % 64)) != 0)
     }
 
     /// The clusters of `[offset, offset + len)`, as runs of `(start, len, allocated)` in bytes.
@@ -201,9 +200,14 @@ impl Overlay {
         let last = (offset + len - 1) / CLUSTER;
         for c in first..=last {
             let w = (c / 64) as usize;
-            let old = self.bits[w].fetch_or(1 << (c % 64), Ordering::AcqRel);
-            if old & (1 << (c % 64)) == 0 {
-                self.dirty[w / WORDS_PER_PAGE].store(true, Ordering::Release);
+            let Some(word) = self.bits.get(w) else {
+                continue;
+            };
+            let old = word.fetch_or(1 << (c % 64), Ordering::AcqRel);
+            if old & (1 << (c % 64)) == 0
+                && let Some(flag) = self.dirty.get(w / WORDS_PER_PAGE)
+            {
+                flag.store(true, Ordering::Release);
             }
         }
     }
@@ -214,7 +218,7 @@ impl Overlay {
         let len = CLUSTER.min(self.size - start) as usize;
         let mut buf = vec![0u8; len];
         let n = read_full_at(&self.base, &mut buf, start)?;
-        buf[n..].fill(0);
+        fill_zeros_from(&mut buf, n);
         self.file.write_all_at(&buf, start)
     }
 
@@ -269,35 +273,76 @@ impl Overlay {
         Ok(())
     }
 
-    /// Makes everything written so far durable (see the module comment for the order).
+    /// Makes everything written so far durable, in the order that keeps the map honest:
+    /// 1. take the bits of the changed map pages as they are now: each was set only after
+    ///    its cluster's data was written ([`Overlay::write`], [`Overlay::zero`]);
+    /// 2. `fdatasync` the data: every cluster those bits point at is now on disk;
+    /// 3. write those bits (and only those) to the map and `fdatasync` it.
+    ///
+    /// A write that lands during step 2 or 3 keeps its page dirty for the next flush, so its
+    /// bit never reaches the disk before its data. (Taking the bits after the data sync, as
+    /// this did before, could make such a bit durable without its data.) Flushes are
+    /// serialized: a second one would otherwise find the pages clean while the first is still
+    /// writing them, and acknowledge bits that are not on disk yet.
     pub fn flush(&self) -> io::Result<()> {
-        self.file.sync_data()?;
-        let mut wrote = false;
+        let _one = self
+            .flushing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let pages = self.take_dirty_pages();
+        let written = self.file.sync_data().and_then(|()| {
+            #[cfg(debug_assertions)]
+            test_hook::between_data_and_map(!pages.is_empty());
+            for (page, raw) in &pages {
+                self.map
+                    .write_all_at(raw, HEADER + (page * MAP_PAGE) as u64)?;
+            }
+            if pages.is_empty() {
+                Ok(())
+            } else {
+                self.map.sync_data()
+            }
+        });
+        if written.is_err() {
+            // Written again by the next flush: a bit is never dropped from the map because
+            // one attempt failed.
+            for (page, _) in &pages {
+                if let Some(flag) = self.dirty.get(*page) {
+                    flag.store(true, Ordering::Release);
+                }
+            }
+        }
+        written
+    }
+
+    /// The changed map pages and their bytes as they are now; their flags are cleared.
+    fn take_dirty_pages(&self) -> Vec<(usize, Vec<u8>)> {
+        let mut pages = Vec::new();
         for (page, flag) in self.dirty.iter().enumerate() {
+            // The flag is cleared before the bits are read: a bit set after this read sets
+            // the flag again (`mark` sets the bit, then the flag), so it is never lost.
             if !flag.swap(false, Ordering::AcqRel) {
                 continue;
             }
             let first = page * WORDS_PER_PAGE;
-            let last = (first + WORDS_PER_PAGE).min(self.bits.len());
-            let mut raw = Vec::with_capacity((last - first) * 8);
-            for w in &self.bits[first..last] {
+            let words = self.bits.iter().skip(first).take(WORDS_PER_PAGE);
+            let mut raw = Vec::with_capacity(MAP_PAGE);
+            for w in words {
                 raw.extend_from_slice(&w.load(Ordering::Acquire).to_le_bytes());
             }
-            if let Err(e) = self.map.write_all_at(&raw, HEADER + (first * 8) as u64) {
-                flag.store(true, Ordering::Release);
-                return Err(e);
-            }
-            wrote = true;
+            pages.push((page, raw));
         }
-        if wrote {
-            self.map.sync_data()?;
-        }
-        Ok(())
+        pages
     }
 
     /// Discards everything written: the overlay reads as the base again. Only called with
     /// no client connected.
     pub fn reset(&self) -> io::Result<()> {
+        // No flush may write bits it took before the reset after it.
+        let _one = self
+            .flushing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let _guard = self
             .allocating
             .lock()
@@ -343,11 +388,18 @@ fn header_bytes(identity: BaseIdentity, size: u64) -> [u8; HEADER as usize] {
     h
 }
 
+/// Zeros `buf` from `from` on (what a short read left unread).
+fn fill_zeros_from(buf: &mut [u8], from: usize) {
+    if let Some(rest) = buf.get_mut(from..) {
+        rest.fill(0);
+    }
+}
+
 /// Reads as much of `buf` as the file has at `offset`; returns how much that was.
 pub fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     let mut done = 0;
-    while done < buf.len() {
-        match file.read_at(&mut buf[done..], offset + done as u64) {
+    while let Some(rest) = buf.get_mut(done..).filter(|r| !r.is_empty()) {
+        match file.read_at(rest, offset + done as u64) {
             Ok(0) => break,
             Ok(n) => done += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -375,10 +427,37 @@ fn zero_range(file: &File, offset: u64, len: u64, allocate: bool) -> io::Result<
     let end = offset + len;
     while pos < end {
         let n = ((end - pos) as usize).min(zeros.len());
-        file.write_all_at(&zeros[..n], pos)?;
+        file.write_all_at(zeros.get(..n).unwrap_or(&zeros), pos)?;
         pos += n as u64;
     }
     Ok(())
+}
+
+/// A crash injected between the two steps of a flush, for tests/nbd.rs; compiled into debug
+/// builds only (the tests' rtmd), never into a release.
+#[cfg(debug_assertions)]
+mod test_hook {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// With `RTMD_TEST_FLUSH_PAUSE` naming a FIFO, the first flush that has map pages to write
+    /// says so in the log after the data is synced, and waits until the test has written to the
+    /// FIFO and closed it (the test copies the overlay's data as a power cut would leave it,
+    /// writes more, then lets the flush go on or kills rtmd).
+    pub fn between_data_and_map(map_pages: bool) {
+        static FIRED: AtomicBool = AtomicBool::new(false);
+        let Some(fifo) = std::env::var_os("RTMD_TEST_FLUSH_PAUSE") else {
+            return;
+        };
+        if !map_pages || FIRED.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::warn!(
+            subsystem = "nbd",
+            "test hook: flush paused between the overlay's data and its map"
+        );
+        // Opening blocks until the test opens the FIFO for writing; reading ends when it closes.
+        let _ = std::fs::read(fifo);
+    }
 }
 
 #[cfg(test)]

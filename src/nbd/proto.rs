@@ -2,15 +2,6 @@
 //! constants, and pure functions that parse what a client sends and encode what the server
 //! answers. Nothing here does I/O, so the fuzz target and the unit tests drive it directly.
 
-// TEMPORARY: removed when the lead fixes this file after the merge (issue 13 item 1)
-#![allow(
-    clippy::indexing_slicing,
-    clippy::string_slice,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic
-)]
-
 use std::fmt;
 
 /// "NBDMAGIC": the first eight bytes the server sends.
@@ -412,7 +403,10 @@ pub fn offset_data_header(cookie: u64, offset: u64, len: u32) -> [u8; 28] {
 
 /// A final `NBD_REPLY_TYPE_ERROR` chunk with a human-readable message.
 pub fn error_chunk(cookie: u64, error: u32, message: &str) -> Vec<u8> {
-    let message = &message.as_bytes()[..message.len().min(MAX_STRING)];
+    let message = message
+        .as_bytes()
+        .get(..MAX_STRING)
+        .unwrap_or(message.as_bytes());
     let mut v = Vec::with_capacity(26 + message.len());
     v.extend_from_slice(&chunk_header(
         REPLY_FLAG_DONE,
@@ -449,18 +443,26 @@ pub fn block_status_chunk(cookie: u64, extents: &[(u32, u32)]) -> Vec<u8> {
     v
 }
 
+/// The first `N` bytes of `b` (callers pass exactly `N`; a shorter slice reads as if padded
+/// with zeros, never a panic).
+fn bytes<const N: usize>(b: &[u8]) -> [u8; N] {
+    let mut a = [0u8; N];
+    for (to, from) in a.iter_mut().zip(b) {
+        *to = *from;
+    }
+    a
+}
+
 fn be16(b: &[u8]) -> u16 {
-    u16::from_be_bytes([b[0], b[1]])
+    u16::from_be_bytes(bytes(b))
 }
 
 fn be32(b: &[u8]) -> u32 {
-    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+    u32::from_be_bytes(bytes(b))
 }
 
 pub fn be64(b: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    u64::from_be_bytes(a)
+    u64::from_be_bytes(bytes(b))
 }
 
 #[cfg(test)]

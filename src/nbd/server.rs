@@ -1,6 +1,13 @@
-//! The listener and the export slot: accepts connections, runs each one's handshake under a
-//! deadline, counts the clients of the current export, and withdraws an export by telling its
-//! connections to close and waiting until they have.
+//! The listener and the export slot: accepts connections up to a cap, runs each one's
+//! handshake under a deadline, counts the clients of the current export, and withdraws an
+//! export by telling its connections to close and waiting until they have.
+//!
+//! What the listener bounds (docs/nbd.md, "What a client may cost"): connections, counted
+//! from `accept` so that half-done handshakes take their place too, beyond which a new one is
+//! closed at once; the handshake's time; and its own retries when the process is out of
+//! descriptors (it backs off and says so once, instead of spinning on `EMFILE` while the
+//! connection waits in the backlog). A connection in transmission has no idle deadline: a
+//! booted board whose root filesystem is in the page cache may not send a request for hours.
 
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
@@ -10,16 +17,38 @@ use std::time::Duration;
 
 use nix::sys::socket::{setsockopt, sockopt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tracing::{debug, info, warn};
 
 use super::export::Export;
 use super::handshake::{self, Exports, HandshakeError};
 use super::transmission::{self, Ended};
 
-/// A client that has not finished its handshake by then is dropped (a truncated handshake
-/// must not hold a task forever).
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The listener's bounds (`[nbd]` in the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections at once, handshakes included (`max_clients`).
+    pub max_clients: usize,
+    /// A client that has not finished its handshake by then is dropped
+    /// (`handshake_timeout_s`): a truncated handshake must not hold its place forever.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_clients: crate::config::NBD_DEFAULT_MAX_CLIENTS as usize,
+            handshake_timeout: Duration::from_secs(crate::config::NBD_DEFAULT_HANDSHAKE_TIMEOUT_S),
+        }
+    }
+}
+
+/// How often the accept loop says it is alive ([`Host::beat`]), whatever happens on the port.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Waits between `accept` attempts while they fail (out of descriptors), doubling.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(50);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// TCP keepalive: a board that lost power never closes its connection; these probes find out
 /// within about 30 s, so its client count goes back to zero.
 const KEEPALIVE_IDLE_S: u32 = 10;
@@ -76,6 +105,9 @@ pub trait Host: Send + Sync + 'static {
     fn current(&self) -> Option<Arc<Slot>>;
     /// Called whenever the number of clients changed.
     fn clients_changed(&self);
+    /// Called by the accept loop at least every [`HEARTBEAT`] while it runs: the watchdog's
+    /// sign that the listener and the server's runtime answer.
+    fn beat(&self);
 }
 
 struct Lookup<'a, H: Host>(&'a H);
@@ -95,26 +127,91 @@ impl<H: Host> Exports for Lookup<'_, H> {
 }
 
 /// Accepts connections until the runtime is shut down.
-pub async fn accept<H: Host>(listener: TcpListener, host: Arc<H>) {
+pub async fn accept<H: Host>(listener: TcpListener, host: Arc<H>, limits: Limits) {
+    let places = Arc::new(Semaphore::new(limits.max_clients));
+    // Connections closed over the cap since the last one accepted: logged once per burst.
+    let mut refused = 0u64;
+    // Failed accepts in a row, and the wait before the next attempt.
+    let mut failures = 0u64;
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                tokio::spawn(connection(host.clone(), stream, peer));
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = heartbeat.tick() => {
+                host.beat();
+                continue;
             }
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
-                // EMFILE and friends: wait a little rather than spin.
-                warn!(subsystem = "nbd", "accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // EMFILE and friends: the connection stays in the backlog and the listener
+                // stays readable, so retrying at once would spin. Wait, longer each time.
+                failures += 1;
+                if failures == 1 {
+                    warn!(
+                        subsystem = "nbd",
+                        "cannot accept connections: {e}; retrying every {ACCEPT_BACKOFF_MAX:?} at most"
+                    );
+                } else {
+                    debug!(subsystem = "nbd", "accept: {e}");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                continue;
             }
+        };
+        if failures > 0 {
+            info!(
+                subsystem = "nbd",
+                "accepting connections again after {failures} failed attempts"
+            );
+            failures = 0;
+            backoff = ACCEPT_BACKOFF_MIN;
         }
+        let Ok(place) = places.clone().try_acquire_owned() else {
+            // Closed at once, before any greeting: the client sees the server hang up, and
+            // this costs no task and no time.
+            if refused == 0 {
+                warn!(
+                    subsystem = "nbd",
+                    "{peer}: refused: {} connections already (max_clients)", limits.max_clients
+                );
+            } else {
+                debug!(subsystem = "nbd", "{peer}: refused (max_clients)");
+            }
+            refused += 1;
+            drop(stream);
+            continue;
+        };
+        if refused > 1 {
+            info!(
+                subsystem = "nbd",
+                "{refused} connections were refused in all over max_clients = {}",
+                limits.max_clients
+            );
+        }
+        refused = 0;
+        let host = host.clone();
+        tokio::spawn(async move {
+            connection(host, stream, peer, limits.handshake_timeout).await;
+            drop(place);
+        });
     }
 }
 
-async fn connection<H: Host>(host: Arc<H>, mut stream: TcpStream, peer: SocketAddr) {
+async fn connection<H: Host>(
+    host: Arc<H>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    handshake_timeout: Duration,
+) {
     let _ = stream.set_nodelay(true);
     tune_keepalive(&stream);
     let negotiated = match tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
+        handshake_timeout,
         handshake::negotiate(&mut stream, &Lookup(&*host)),
     )
     .await
@@ -131,7 +228,7 @@ async fn connection<H: Host>(host: Arc<H>, mut stream: TcpStream, peer: SocketAd
         Err(_) => {
             info!(
                 subsystem = "nbd",
-                "{peer}: no complete handshake within {HANDSHAKE_TIMEOUT:?}"
+                "{peer}: no complete handshake within {handshake_timeout:?}"
             );
             return;
         }
@@ -160,7 +257,7 @@ async fn connection<H: Host>(host: Arc<H>, mut stream: TcpStream, peer: SocketAd
             ""
         }
     );
-    let ended = transmission::serve(stream, negotiated, withdrawn).await;
+    let ended = transmission::serve(stream, peer, negotiated, withdrawn).await;
     slot.clients.fetch_sub(1, Ordering::AcqRel);
     host.clients_changed();
     match ended {

@@ -7,6 +7,7 @@ fn uris_escape_names_and_bracket_ipv6() {
         uri_host: None,
         overlay_dir: PathBuf::from("/tmp"),
         claims: crate::images::Claims::new(),
+        limits: Limits::default(),
     };
     assert_eq!(
         uri(&o, o.listen, "nightly/rpi 4.img"),
@@ -45,8 +46,10 @@ fn nbdinfo_sees_an_export() {
         uri_host: None,
         overlay_dir: dir.path().join("overlays"),
         claims: crate::images::Claims::new(),
+        limits: Limits::default(),
     })
     .unwrap();
+    assert!(nbd.is_alive(), "the watchdog's probe");
     let uri = nbd
         .export(
             &crate::access::Permit::for_tests(),
@@ -69,6 +72,53 @@ fn nbdinfo_sees_an_export() {
     assert!(text.contains("is_read_only: true"), "{text}");
     assert!(text.contains("can_multi_conn: true"), "{text}");
     assert!(text.contains("base:allocation"), "{text}");
+}
+
+/// Two hundred FLUSHes waiting together cost two syncs: the first, and one that starts after
+/// all the others arrived (they arrived while the first ran, so it cannot answer for them).
+/// A failed sync answers for nobody else.
+#[test]
+fn flushes_waiting_together_share_one_sync() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let flushes = Arc::new(flush::Flushes::default());
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let synced = Arc::new(AtomicUsize::new(0));
+    runtime.block_on(async {
+        let mut all = tokio::task::JoinSet::new();
+        for _ in 0..200 {
+            let (flushes, arrived, synced) = (flushes.clone(), arrived.clone(), synced.clone());
+            all.spawn(async move {
+                arrived.fetch_add(1, Ordering::SeqCst);
+                let seen = arrived.clone();
+                flushes
+                    .run(move || {
+                        // The first sync lasts until every FLUSH has arrived.
+                        while seen.load(Ordering::SeqCst) < 200 {
+                            std::thread::yield_now();
+                        }
+                        synced.fetch_add(1, Ordering::SeqCst);
+                        Ok(())
+                    })
+                    .await
+            });
+        }
+        while let Some(done) = all.join_next().await {
+            done.unwrap().unwrap();
+        }
+    });
+    assert_eq!(synced.load(Ordering::SeqCst), 2);
+    assert_eq!(flushes.syncs(), 2);
+    // Alone afterwards: the last sync started before it arrived, so it syncs again; and
+    // after a failed sync the next FLUSH syncs too.
+    let failing = || Err(export::NbdError::new(proto::EIO, "disk gone"));
+    assert!(runtime.block_on(flushes.run(failing)).is_err());
+    runtime.block_on(flushes.run(|| Ok(()))).unwrap();
+    assert_eq!(flushes.syncs(), 4);
 }
 
 /// A valid client: flags, structured replies, base:allocation, GO, then requests.

@@ -6,29 +6,29 @@
 //! depth 1 costs one read and one send per request, and a client with many requests in
 //! flight gets many replies per send. A large READ is not copied through this process: its
 //! header goes out with `MSG_MORE` and its data with `sendfile`, straight from the page cache
-//! to the socket. FLUSH and FUA writes complete on blocking threads and write their replies
+//! to the socket. FLUSH and FUA writes complete in their own tasks and write their replies
 //! when done, so a slow `fdatasync` never holds up the reads behind it; the protocol lets
 //! replies come out of order, matched by cookie.
-
-// TEMPORARY: removed when the lead fixes this file after the merge (issue 13 item 1)
-#![allow(
-    clippy::indexing_slicing,
-    clippy::string_slice,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic
-)]
+//!
+//! What one connection may cost is bounded, whatever the client does (docs/nbd.md):
+//! - a client that does not read its replies stops being read: replies are written by the
+//!   task that made them, which waits while the socket is full, and at most
+//!   [`MAX_IN_FLIGHT`] FLUSH or FUA replies may be pending before the reader waits too;
+//! - a WRITE's payload is read and written in pieces of [`WRITE_CHUNK`], never held whole;
+//! - the reply buffer holds at most [`SEND_BATCH`] and one reply before it is sent.
 
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::Arc;
+use std::time::Duration;
 
 use nix::sys::socket::{MsgFlags, send};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::watch;
-use tracing::{debug, warn};
+use tokio::sync::{Semaphore, watch};
+use tracing::{debug, info, warn};
 
 use super::export::{Export, NbdError, Segment};
 use super::handshake::Negotiated;
@@ -45,6 +45,17 @@ const MAX_EXTENTS: usize = 4096;
 /// reads the copy path costs less than setting up a splice per request
 /// (docs/BENCHMARKS.md).
 const COPY_MAX: u32 = 64 * 1024;
+/// FLUSH and FUA writes whose replies are not written yet: past this, the connection is not
+/// read until one is. Above any real client's queue depth (Linux's nbd driver: 128, nbdcopy:
+/// 64), so only a client that stopped reading its replies ever meets it.
+pub const MAX_IN_FLIGHT: usize = 256;
+/// A WRITE's payload is read and written to the overlay in pieces of this size.
+pub const WRITE_CHUNK: usize = 256 * 1024;
+/// After a DISC, how long the replies still owed may take to go out.
+const DISC_LINGER: Duration = Duration::from_secs(10);
+/// After the export was withdrawn or the client broke the protocol: the same, shorter (an
+/// `Unexport` waits for its connections to close).
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 /// The sending side: replies waiting to go out, and the socket.
 struct Writer {
@@ -101,12 +112,14 @@ pub enum Ended {
 /// Serves requests on `stream` until the client leaves or `withdrawn` turns true.
 pub async fn serve(
     stream: TcpStream,
+    peer: SocketAddr,
     negotiated: Negotiated,
     mut withdrawn: watch::Receiver<bool>,
 ) -> Ended {
     let (rd, wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(READ_BUFFER, rd);
     let mut connection = Connection {
+        peer,
         export: negotiated.export,
         structured: negotiated.structured,
         allocation: negotiated.allocation,
@@ -115,41 +128,52 @@ pub async fn serve(
             pending: Vec::with_capacity(SEND_BATCH * 2),
         })),
         background: tokio::task::JoinSet::new(),
+        in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        said_full: false,
+        chunk: Vec::new(),
     };
-    let ended = loop {
-        // Nothing more to read at once: what was answered goes out before waiting.
-        if rd.buffer().is_empty()
-            && let Err(e) = connection.writer.lock().await.flush().await
-        {
-            break Ended::Io(e);
-        }
-        let mut header = [0u8; REQUEST_LEN];
-        let read = tokio::select! {
+    // Whatever the reader waits for (a request, a full socket, a free FLUSH slot), a
+    // withdrawal ends it: no write lands after `Unexport` or `ResetOverlay` returned.
+    let ended = tokio::select! {
+        biased;
+        _ = withdrawn.wait_for(|w| *w) => Ended::Withdrawn,
+        e = connection.run(&mut rd) => e,
+    };
+    // Replies still owed (FLUSH and FUA writes in progress, batched ones) go out before the
+    // close, as the spec asks after a DISC; bounded, since a client that does not read them
+    // must not hold the connection, and never past a withdrawal.
+    let linger = match ended {
+        Ended::Disc => Some(DISC_LINGER),
+        Ended::Withdrawn | Ended::Protocol(_) => Some(CLOSE_LINGER),
+        // The client is gone: there is nobody to answer.
+        Ended::Disconnected | Ended::Io(_) => None,
+    };
+    let mut flushed = Ok(());
+    if let Some(linger) = linger {
+        let drain = async {
+            while connection.background.join_next().await.is_some() {}
+            let mut writer = connection.writer.lock().await;
+            let flushed = writer.flush().await;
+            let _ = writer.wr.shutdown().await;
+            flushed
+        };
+        let withdrawal = async {
+            if !matches!(ended, Ended::Withdrawn) {
+                let _ = withdrawn.wait_for(|w| *w).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        flushed = tokio::select! {
             biased;
-            _ = withdrawn.wait_for(|w| *w) => break Ended::Withdrawn,
-            r = rd.read_exact(&mut header) => r,
+            () = withdrawal => Ok(()),
+            r = tokio::time::timeout(linger, drain) => r.unwrap_or_else(|_| {
+                Err(io::Error::new(io::ErrorKind::TimedOut, "the client did not read its replies"))
+            }),
         };
-        match read {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break Ended::Disconnected,
-            Err(e) => break Ended::Io(e),
-        }
-        let request = match proto::parse_request(&header) {
-            Ok(r) => r,
-            Err(bad) => break Ended::Protocol(bad.to_string()),
-        };
-        match connection.handle(request, &mut rd).await {
-            Ok(true) => {}
-            Ok(false) => break Ended::Disc,
-            Err(e) => break e,
-        }
-    };
-    // Replies of FLUSH and FUA writes still in progress go out before the close (a DISC
-    // waits for them, as the spec asks).
-    while connection.background.join_next().await.is_some() {}
-    let mut writer = connection.writer.lock().await;
-    let flushed = writer.flush().await;
-    let _ = writer.wr.shutdown().await;
+    }
+    // Tasks still running (their replies cannot go out) are aborted with the connection.
+    connection.background.abort_all();
     match flushed {
         Err(e) if matches!(ended, Ended::Disc) => Ended::Io(e),
         _ => ended,
@@ -157,45 +181,61 @@ pub async fn serve(
 }
 
 struct Connection {
+    peer: SocketAddr,
     export: Arc<Export>,
     structured: bool,
     allocation: bool,
     writer: SharedWriter,
-    /// FLUSH and FUA writes completing on blocking threads.
+    /// FLUSH and FUA writes completing in their own tasks.
     background: tokio::task::JoinSet<()>,
+    /// One permit per FLUSH or FUA write whose reply is not written yet.
+    in_flight: Arc<Semaphore>,
+    /// The log already said that this client's replies pile up.
+    said_full: bool,
+    /// A WRITE's payload, one piece at a time (kept between writes).
+    chunk: Vec<u8>,
 }
 
 impl Connection {
+    /// Reads and answers requests until the client leaves or breaks the protocol.
+    async fn run<R>(&mut self, rd: &mut BufReader<R>) -> Ended
+    where
+        R: tokio::io::AsyncRead + Unpin,
+    {
+        loop {
+            // Nothing more to read at once: what was answered goes out before waiting.
+            if rd.buffer().is_empty()
+                && let Err(e) = self.writer.lock().await.flush().await
+            {
+                return Ended::Io(e);
+            }
+            let mut header = [0u8; REQUEST_LEN];
+            match rd.read_exact(&mut header).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ended::Disconnected,
+                Err(e) => return Ended::Io(e),
+            }
+            let request = match proto::parse_request(&header) {
+                Ok(r) => r,
+                Err(bad) => return Ended::Protocol(bad.to_string()),
+            };
+            match self.handle(request, rd).await {
+                Ok(true) => {}
+                Ok(false) => return Ended::Disc,
+                Err(e) => return e,
+            }
+        }
+    }
+
     /// Handles one request; false when the client asked to disconnect.
     async fn handle<R>(&mut self, r: Request, rd: &mut R) -> Result<bool, Ended>
     where
         R: tokio::io::AsyncRead + Unpin,
     {
-        // A WRITE's payload follows its header whatever we answer: read it first, so the
-        // stream stays in step even when the request is refused.
-        let payload = if r.command == Command::Write {
-            if r.length > proto::MAX_PAYLOAD {
-                discard(rd, u64::from(r.length)).await?;
-                self.error(
-                    &r,
-                    NbdError::new(
-                        proto::ENOMEM,
-                        format!(
-                            "write of {} bytes is larger than the maximum of {}",
-                            r.length,
-                            proto::MAX_PAYLOAD
-                        ),
-                    ),
-                )
-                .await?;
-                return Ok(true);
-            }
-            let mut data = vec![0u8; r.length as usize];
-            rd.read_exact(&mut data).await.map_err(eof)?;
-            Some(data)
-        } else {
-            None
-        };
+        if r.command == Command::Write {
+            self.write(&r, rd).await?;
+            return Ok(true);
+        }
         if let Err(e) = validate(&self.export, self.allocation, &r) {
             self.error(&r, e).await?;
             return Ok(true);
@@ -222,11 +262,6 @@ impl Connection {
                     self.writer.lock().await.data(&header, &segments).await?;
                 }
             }
-            Command::Write => {
-                let data = payload.unwrap_or_default();
-                let result = export.write(&data, r.offset);
-                self.finish(&r, result).await?;
-            }
             Command::Trim | Command::WriteZeroes => {
                 // TRIM may leave anything behind; zeros (a hole in the overlay) are the
                 // cheapest answer that is also the most predictable.
@@ -235,7 +270,7 @@ impl Connection {
                 let result = export.zero(r.offset, u64::from(r.length), allocate);
                 self.finish(&r, result).await?;
             }
-            Command::Flush => self.flush_then_reply(&r),
+            Command::Flush => self.flush_then_reply(&r).await?,
             Command::Cache => {
                 export.cache(r.offset, u64::from(r.length));
                 self.ok(&r).await?;
@@ -255,17 +290,64 @@ impl Connection {
                 }
             }
             Command::Disc => return Ok(false),
-            // Refused by validate().
-            Command::Unknown(_) => {}
+            // Read by write() and refused by validate().
+            Command::Write | Command::Unknown(_) => {}
         }
         Ok(true)
+    }
+
+    /// A WRITE: its payload follows the header whatever we answer, so it is always read, and
+    /// the stream stays in step even when the request is refused. It is written to the overlay
+    /// piece by piece as it arrives: the whole of it (up to 32 MiB) is never held in memory.
+    /// Like a disk, a WRITE that was not acknowledged (the client left halfway, the overlay's
+    /// disk filled up) may have landed in part; its clusters read as old or new, never torn.
+    async fn write<R>(&mut self, r: &Request, rd: &mut R) -> Result<(), Ended>
+    where
+        R: tokio::io::AsyncRead + Unpin,
+    {
+        let refused = if r.length > proto::MAX_PAYLOAD {
+            Some(NbdError::new(
+                proto::ENOMEM,
+                format!(
+                    "write of {} bytes is larger than the maximum of {}",
+                    r.length,
+                    proto::MAX_PAYLOAD
+                ),
+            ))
+        } else {
+            validate(&self.export, self.allocation, r).err()
+        };
+        if let Some(e) = refused {
+            discard(rd, u64::from(r.length)).await?;
+            return self.error(r, e).await;
+        }
+        let total = u64::from(r.length);
+        let mut done = 0u64;
+        let mut result = Ok(());
+        while done < total {
+            let n = usize::try_from(total - done)
+                .unwrap_or(WRITE_CHUNK)
+                .min(WRITE_CHUNK);
+            if self.chunk.len() < n {
+                self.chunk.resize(WRITE_CHUNK, 0);
+            }
+            let Some(piece) = self.chunk.get_mut(..n) else {
+                return Err(Ended::Protocol("write buffer".to_string()));
+            };
+            rd.read_exact(piece).await.map_err(eof)?;
+            // After a failure the rest is read and dropped: the reply is the first error.
+            if result.is_ok() {
+                result = self.export.write(piece, r.offset + done);
+            }
+            done += n as u64;
+        }
+        self.finish(r, result).await
     }
 
     /// Answers a completed write: at once, or after a flush when the client asked for FUA.
     async fn finish(&mut self, r: &Request, result: Result<(), NbdError>) -> Result<(), Ended> {
         if result.is_ok() && r.flags & proto::CMD_FLAG_FUA != 0 {
-            self.flush_then_reply(r);
-            return Ok(());
+            return self.flush_then_reply(r).await;
         }
         if let Err(e) = &result {
             // Not the client's mistake (a full overlay disk, an I/O error): the admin's.
@@ -279,16 +361,43 @@ impl Connection {
         self.send(&reply_for(r, self.structured, result)).await
     }
 
-    /// Flushes on a blocking thread and replies from there when done.
-    fn flush_then_reply(&mut self, r: &Request) {
+    /// Flushes in a task of its own and replies from there when done. Waits first while
+    /// [`MAX_IN_FLIGHT`] such replies are still unwritten: the client is not reading them,
+    /// and this is where it stops being read.
+    async fn flush_then_reply(&mut self, r: &Request) -> Result<(), Ended> {
+        if self.export.overlay().is_none() {
+            // Read-only: nothing was written that could be made durable.
+            return self.ok(r).await;
+        }
+        // Finished tasks leave their entry in the set until joined: reap them, so a long
+        // connection's millions of FLUSHes do not add up.
+        while self.background.try_join_next().is_some() {}
+        let permit = match self.in_flight.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if !self.said_full {
+                    self.said_full = true;
+                    info!(
+                        subsystem = "nbd",
+                        "{}: {MAX_IN_FLIGHT} replies are waiting for the client to read them; \
+                         not reading its requests until it does",
+                        self.peer
+                    );
+                }
+                // The semaphore is never closed.
+                self.in_flight
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|e| Ended::Protocol(e.to_string()))?
+            }
+        };
         let export = self.export.clone();
         let writer = self.writer.clone();
         let structured = self.structured;
         let r = *r;
         self.background.spawn(async move {
-            let result = tokio::task::spawn_blocking(move || export.flush())
-                .await
-                .unwrap_or_else(|e| Err(NbdError::new(proto::EIO, e.to_string())));
+            let result = export.flushes.flush(&export).await;
             if let Err(e) = &result {
                 warn!(subsystem = "nbd", "FLUSH failed: {}", e.message);
             }
@@ -297,7 +406,9 @@ impl Connection {
             if w.push(&reply_for(&r, structured, result)).await.is_ok() {
                 let _ = w.flush().await;
             }
+            drop(permit);
         });
+        Ok(())
     }
 
     async fn ok(&self, r: &Request) -> Result<(), Ended> {
@@ -418,7 +529,9 @@ fn copy_segments(mut header: Vec<u8>, segments: &[Segment], len: u32) -> io::Res
     header.resize(start + len as usize, 0);
     let mut at = start;
     for s in segments {
-        let buf = &mut header[at..at + s.len as usize];
+        let Some(buf) = header.get_mut(at..at + s.len as usize) else {
+            return Err(io::Error::other("a read plan larger than its READ"));
+        };
         let n = super::overlay::read_full_at(&s.file, buf, s.offset)?;
         if n < buf.len() {
             return Err(io::Error::new(
@@ -464,7 +577,7 @@ async fn send_all(stream: &TcpStream, mut buf: &[u8], more: bool) -> io::Result<
         match stream.try_io(tokio::io::Interest::WRITABLE, || {
             send(raw(stream), buf, flags).map_err(io::Error::from)
         }) {
-            Ok(n) => buf = &buf[n..],
+            Ok(n) => buf = buf.get(n..).unwrap_or_default(),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }

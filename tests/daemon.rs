@@ -842,3 +842,64 @@ fn free_port_hands_out_each_port_once() {
     ports.dedup();
     assert_eq!(ports.len(), 400);
 }
+
+/// A bus named on rtmctl's command line beats one from the environment: with `RTM_BUS`
+/// exported (as after the demo's advice), `--bus-address` still reaches the board; an address
+/// from `RTM_BUS_ADDRESS` does not override `--bus`; both flags at once are one usage line.
+#[test]
+fn rtmctl_bus_flags_beat_the_environment() {
+    let bus = Bus::start();
+    let config = "name = \"env-1\"\n[power]\nbackend = \"command\"\non_command = \"true\"\n\
+                  off_command = \"true\"\n";
+    let _d = Daemon::start(&bus, config);
+    let rtmctl = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = Command::new(bin("rtmctl"));
+        cmd.args(args)
+            .env_remove("RTM_DUT")
+            .env_remove("RTM_BUS")
+            .env_remove("RTM_BUS_ADDRESS")
+            .env_remove("DBUS_SESSION_BUS_ADDRESS");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let out = rtmctl(
+        &[
+            "--bus-address",
+            &bus.address,
+            "--dut",
+            "env-1",
+            "power",
+            "on",
+        ],
+        &[("RTM_BUS", "session")],
+    );
+    assert_eq!(ok_line(&out), "env-1: power on");
+    // `--bus session` wins over an address in the environment: the session bus (none here,
+    // DBUS_SESSION_BUS_ADDRESS removed) is what it tries, not the board's bus.
+    let out = rtmctl(
+        &["--bus", "session", "--dut", "env-1", "power", "on"],
+        &[("RTM_BUS_ADDRESS", &bus.address)],
+    );
+    let line = err_line(&out, 1);
+    assert!(line.contains("cannot connect to the session bus"), "{line}");
+    let out = rtmctl(
+        &[
+            "--bus",
+            "system",
+            "--bus-address",
+            &bus.address,
+            "--dut",
+            "env-1",
+            "power",
+            "on",
+        ],
+        &[],
+    );
+    let line = err_line(&out, 2);
+    assert!(
+        line.contains("'--bus-address' cannot be used with '--bus'"),
+        "{line}"
+    );
+}

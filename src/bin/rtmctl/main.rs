@@ -24,15 +24,10 @@ use zbus::{Connection, DBusError, OwnedVariant, fdo};
 #[command(version, about = "Control a board served by rtmd")]
 struct Args {
     /// The bus rtmd serves on.
-    #[arg(
-        long,
-        value_enum,
-        env = "RTM_BUS",
-        default_value = "system",
-        conflicts_with = "bus_address"
-    )]
+    #[arg(long, value_enum, env = "RTM_BUS", default_value = "system")]
     bus: Bus,
-    /// The bus at this D-Bus address instead.
+    /// The bus at this D-Bus address instead. A bus named on the command line beats one from
+    /// the environment (`--bus-address` beats `RTM_BUS`, `--bus` beats `RTM_BUS_ADDRESS`).
     #[arg(long, env = "RTM_BUS_ADDRESS", value_name = "ADDR")]
     bus_address: Option<String>,
     /// The board.
@@ -169,8 +164,32 @@ struct Failure {
 const POWER: &str = "org.rtmd.Dut1.Power";
 const CONSOLE: &str = "org.rtmd.Dut1.Console";
 
+/// The arguments, with the bus chosen as people expect: a flag given on the command line
+/// beats the environment (`RTM_BUS=session` exported by the demo must not make
+/// `--bus-address ADDR` an error); both flags on the command line are a usage error.
+fn parse() -> Result<Args, clap::Error> {
+    use clap::parser::ValueSource;
+    use clap::{CommandFactory, FromArgMatches};
+    let mut command = Args::command();
+    let matches = command.try_get_matches_from_mut(std::env::args_os())?;
+    let mut args = Args::from_arg_matches(&matches)?;
+    let on_line = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+    match (on_line("bus"), on_line("bus_address")) {
+        (true, true) => {
+            return Err(command.error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "'--bus-address' cannot be used with '--bus'",
+            ));
+        }
+        // `--bus` given, the address only from RTM_BUS_ADDRESS: the flag wins.
+        (true, false) => args.bus_address = None,
+        _ => {}
+    }
+    Ok(args)
+}
+
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let args = match parse() {
         Ok(a) => a,
         Err(e) if !e.use_stderr() => {
             // --help, --version

@@ -257,6 +257,8 @@ fn cow_writes_land_in_the_overlay_survive_a_restart_and_reset_discards_them() {
             "--verify=crc32c",
             "--do_verify=1",
             "--verify_fatal=1",
+            // No `local-verify-*.state` file left in the working tree when a check fails.
+            "--verify_state_save=0",
         ],
     ));
 

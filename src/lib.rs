@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod demo;
 pub mod gadget;
 pub mod images;
+pub mod mutate;
 pub mod nbd;
 pub mod pdu;
 pub mod power;

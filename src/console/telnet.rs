@@ -297,31 +297,11 @@ mod tests {
         seed.extend_from_slice(&[IAC, SE, b'l', b's', b'\r', 0, IAC, IAC, IAC, BRK, IAC, BRK]);
         seed.extend_from_slice(&[b'\r', b'\n', IAC, DONT, OPT_SGA, IAC, WONT, 31, IAC, 241]);
         assert_eq!(crate::console::fuzz::telnet_decoder(&seed), 6);
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut mutator = crate::mutate::Mutator::new(0x9e37_79b9_7f4a_7c15);
+        let dictionary: &[&[u8]] = &[&[IAC], &[DO], &[WILL], &[SB], &[SE], &[BRK], b"\r", &[0]];
         for _ in 0..5000 {
             let mut input = seed.clone();
-            for _ in 0..(next() % 8 + 1) {
-                let at = (next() as usize) % input.len();
-                match next() % 5 {
-                    0 => input[at] = next() as u8,
-                    1 => input[at] ^= 1 << (next() % 8),
-                    2 => input.truncate(at.max(1)),
-                    3 => input.insert(
-                        at,
-                        [IAC, DO, WILL, SB, SE, BRK, b'\r', 0][next() as usize % 8],
-                    ),
-                    _ => {
-                        let b = next().to_be_bytes();
-                        input.splice(at..at, b);
-                    }
-                }
-            }
+            mutator.mutate(&mut input, 8, dictionary);
             let _ = crate::console::fuzz::telnet_decoder(&input);
         }
     }

@@ -10,6 +10,7 @@ use std::path::Path;
 use super::check_components;
 use super::fetch::image_name;
 use super::source::Source;
+use crate::mutate::Mutator;
 
 /// Sources to mutate from (also in `fuzz/seeds/`): ordinary ones, and the two that once
 /// took rtmd down.
@@ -69,58 +70,29 @@ fn check_name(name: &str, nested: bool) -> Result<(), String> {
 /// Runs the entry point over `n` mutations of [`SEEDS`] (xorshift, fixed seed): a cheap
 /// stand-in for `cargo fuzz` in every test run.
 pub fn mutations(n: usize) -> Result<(), String> {
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    // Bytes that matter to the parsers: escapes, separators, dots.
+    let dictionary: &[&[u8]] = &[
+        b"%",
+        b"%00",
+        b"%2F",
+        b"%2e%2E",
+        b"%e9",
+        b"%c3",
+        b"\xc3\xa9",
+        b"/",
+        b"..",
+        b"?",
+        b"#",
+        b"://",
+        b"\n",
+        b".xz",
+        b"%0a",
+    ];
+    let mut mutator = Mutator::new(0x9e37_79b9_7f4a_7c15);
     for i in 0..n {
         let seed = SEEDS.get(i % SEEDS.len()).copied().unwrap_or_default();
         let mut input = seed.as_bytes().to_vec();
-        for _ in 0..(next() % 6 + 1) {
-            let at = (next() as usize) % input.len().max(1);
-            let at = at.min(input.len());
-            match next() % 5 {
-                0 => {
-                    if let Some(b) = input.get_mut(at) {
-                        *b = next() as u8;
-                    }
-                }
-                1 => {
-                    if let Some(b) = input.get_mut(at) {
-                        *b ^= 1 << (next() % 8);
-                    }
-                }
-                2 => input.truncate(at.max(1)),
-                _ => {
-                    // Bytes that matter to the parsers: escapes, separators, dots.
-                    let picks: &[&[u8]] = &[
-                        b"%",
-                        b"%00",
-                        b"%2F",
-                        b"%2e%2E",
-                        b"%e9",
-                        b"%c3",
-                        b"\xc3\xa9",
-                        b"/",
-                        b"..",
-                        b"?",
-                        b"#",
-                        b"://",
-                        b"\n",
-                        b".xz",
-                        b"%0a",
-                    ];
-                    let pick = picks
-                        .get((next() as usize) % picks.len())
-                        .copied()
-                        .unwrap_or_default();
-                    input.splice(at..at, pick.iter().copied());
-                }
-            }
-        }
+        mutator.mutate(&mut input, 6, dictionary);
         source(&input).map_err(|e| format!("{e} (input {:?})", String::from_utf8_lossy(&input)))?;
     }
     Ok(())

@@ -179,27 +179,10 @@ fn the_fuzz_entry_point_survives_mutated_sessions() {
         4,
         "ro: writes, trims and zeroes are refused"
     );
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut mutator = crate::mutate::Mutator::new(0x9e37_79b9_7f4a_7c15);
     for _ in 0..1500 {
         let mut input = seed.clone();
-        for _ in 0..(next() % 8 + 1) {
-            let at = (next() as usize) % input.len();
-            match next() % 4 {
-                0 => input[at] = next() as u8,
-                1 => input[at] ^= 1 << (next() % 8),
-                2 => input.truncate(at.max(1)),
-                _ => {
-                    let b = next().to_be_bytes();
-                    input.splice(at..at, b);
-                }
-            }
-        }
+        mutator.mutate(&mut input, 8, &[]);
         let _ = fuzz::server(&input);
     }
 }

@@ -7,6 +7,7 @@ use super::request::{
     Command, HeadProgress, MAX_DELAY, MAX_HEAD, Refusal, Target, http_progress, parse_http,
     parse_line,
 };
+use crate::mutate::Mutator;
 
 const TARGET: Target<'static> = Target {
     hostname: "lab-pdu",
@@ -97,48 +98,16 @@ pub fn mutations(n: usize) -> Result<(), String> {
             return Err(format!("seed {:?} parses as nothing", seed));
         }
     }
-    let mut state = 0x2545_f491_4f6c_dd1d_u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    // Bytes that matter to the parsers: escapes, separators, line ends.
+    let dictionary: &[&[u8]] = &[
+        b"%", b"%00", b"%e9", b"\r\n", b"\n\n", b"&", b"=", b"+", b"\xc3", b" ",
+    ];
+    let mut mutator = Mutator::new(0x2545_f491_4f6c_dd1d);
     for i in 0..n {
         let seed = SEEDS.get(i % SEEDS.len()).copied().unwrap_or_default();
-        let mut input = vec![next() as u8];
+        let mut input = vec![mutator.number() as u8];
         input.extend_from_slice(seed);
-        for _ in 0..(next() % 6 + 1) {
-            let at = (next() as usize) % input.len();
-            match next() % 5 {
-                0 => {
-                    if let Some(b) = input.get_mut(at) {
-                        *b = next() as u8;
-                    }
-                }
-                1 => {
-                    if let Some(b) = input.get_mut(at) {
-                        *b ^= 1 << (next() % 8);
-                    }
-                }
-                2 => input.truncate(at.max(1)),
-                3 => {
-                    // Bytes that matter to the parsers: escapes, separators, line ends.
-                    let picks: &[&[u8]] = &[
-                        b"%", b"%00", b"%e9", b"\r\n", b"\n\n", b"&", b"=", b"+", b"\xc3", b" ",
-                    ];
-                    let pick = picks
-                        .get((next() as usize) % picks.len())
-                        .copied()
-                        .unwrap_or_default();
-                    input.splice(at..at, pick.iter().copied());
-                }
-                _ => {
-                    let b = next().to_be_bytes();
-                    input.splice(at..at, b);
-                }
-            }
-        }
+        mutator.mutate(&mut input, 6, dictionary);
         request(&input).map_err(|e| format!("{e} (input {input:?})"))?;
     }
     Ok(())

@@ -18,18 +18,9 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Command;
 
 use common::*;
-
-const NOBODY: u32 = 65534;
-
-fn need_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "tests/access.rs switches users: run as root (as scripts/test does)"
-    );
-}
 
 fn board(name: &str, extra: &str, dir: &std::path::Path) -> String {
     let state = dir.join("power");
@@ -43,28 +34,10 @@ fn board(name: &str, extra: &str, dir: &std::path::Path) -> String {
 }
 
 fn start(bus: &Bus, extra: &str) -> Daemon {
-    need_root();
+    need_root("tests/access.rs");
     let dir = tempfile::tempdir().unwrap();
     let config = board("lab-1", extra, dir.path());
     Daemon::start_in(bus, &config, dir)
-}
-
-/// rtmctl run as nobody (uid and gid 65534, no supplementary groups).
-fn rtmctl_as_nobody(d: &Daemon, args: &[&str]) -> Output {
-    require("setpriv");
-    let mut cmd = Command::new("setpriv");
-    cmd.args([
-        format!("--reuid={NOBODY}"),
-        format!("--regid={NOBODY}"),
-        "--clear-groups".to_string(),
-    ])
-    .arg(bin("rtmctl"))
-    .args(["--bus-address", &d.bus, "--dut", &d.board])
-    .args(args)
-    .env_remove("RTM_DUT")
-    .env_remove("RTM_HOLD")
-    .env_remove("RTM_BUS_ADDRESS");
-    cmd.output().unwrap()
 }
 
 fn power_file(d: &Daemon) -> String {
@@ -411,7 +384,7 @@ fn dbus_send_as_nobody(d: &Daemon, member: &str, args: &[&str]) -> Result<String
 
 #[test]
 fn every_mutating_method_of_every_interface_is_refused_to_others() {
-    need_root();
+    need_root("tests/access.rs");
     let bus = Bus::start_open();
     let dir = tempfile::tempdir().unwrap();
     let images = dir.path().join("images");

@@ -17,7 +17,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -86,40 +86,6 @@ fn addr(d: &Daemon, prop: &str) -> String {
         .trim_start_matches("s ")
         .trim_matches('"')
         .to_string()
-}
-
-/// Reads from `r` until `needle` has been seen; returns everything read.
-fn read_until(r: &mut impl Read, needle: &[u8]) -> Vec<u8> {
-    let start = Instant::now();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 65536];
-    let want = String::from_utf8_lossy(needle).into_owned();
-    while !got.windows(needle.len()).any(|w| w == needle) {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "never read {want:?}; {}",
-            tail(&got)
-        );
-        match r.read(&mut buf) {
-            Ok(0) => panic!("EOF before {want:?}; {}", tail(&got)),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut => {}
-            Err(e) => panic!("{e}"),
-        }
-    }
-    got
-}
-
-/// What was read, briefly (payloads can be megabytes).
-fn tail(got: &[u8]) -> String {
-    let from = got.len().saturating_sub(80);
-    format!(
-        "{} bytes read, ending {:?}",
-        got.len(),
-        String::from_utf8_lossy(&got[from..])
-    )
 }
 
 fn tcp(address: &str) -> TcpStream {

@@ -17,48 +17,15 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use common::*;
-
-const NOBODY: u32 = 65534;
-
-fn need_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "tests/gate.rs switches users: run as root (as scripts/test does)"
-    );
-}
-
-/// `cmd` as nobody (uid and gid 65534, no supplementary groups).
-fn as_nobody(program: &Path) -> Command {
-    require("setpriv");
-    let mut cmd = Command::new("setpriv");
-    cmd.args([
-        format!("--reuid={NOBODY}"),
-        format!("--regid={NOBODY}"),
-        "--clear-groups".to_string(),
-    ])
-    .arg(program);
-    cmd
-}
-
-fn rtmctl_as_nobody(d: &Daemon, args: &[&str]) -> Output {
-    as_nobody(&bin("rtmctl"))
-        .args(["--bus-address", &d.bus, "--dut", &d.board])
-        .args(args)
-        .env_remove("RTM_DUT")
-        .env_remove("RTM_HOLD")
-        .env_remove("RTM_BUS_ADDRESS")
-        .output()
-        .unwrap()
-}
 
 fn audit(d: &Daemon) -> String {
     let out = d.rtmctl(&["audit"]);
@@ -76,7 +43,7 @@ struct Pdu {
 }
 
 fn pdu(identity: &str) -> Pdu {
-    need_root();
+    need_root("tests/gate.rs");
     let bus = Bus::start_open();
     let dir = tempfile::tempdir().unwrap();
     // World-readable, so nobody's rtmctl and the daemon's command backend agree on paths.
@@ -222,7 +189,7 @@ struct Console {
 }
 
 fn console() -> Console {
-    need_root();
+    need_root("tests/gate.rs");
     require("socat");
     let bus = Bus::start_open();
     let dir = tempfile::tempdir().unwrap();
@@ -280,30 +247,6 @@ impl Console {
     fn board_reads(&mut self, marker: &str) -> String {
         text(&read_until(&mut self.board, marker.as_bytes()))
     }
-}
-
-/// Reads from `r` until `needle` has been seen; returns everything read.
-fn read_until(r: &mut impl Read, needle: &[u8]) -> Vec<u8> {
-    let start = Instant::now();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !got.windows(needle.len()).any(|w| w == needle) {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "never read {:?}; read {:?}",
-            String::from_utf8_lossy(needle),
-            String::from_utf8_lossy(&got)
-        );
-        match r.read(&mut buf) {
-            Ok(0) => panic!("EOF before {:?}", String::from_utf8_lossy(needle)),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut => {}
-            Err(e) => panic!("{e}"),
-        }
-    }
-    got
 }
 
 /// The raw TCP and telnet ports act as `console-tcp` (a label: no lease): while the board is

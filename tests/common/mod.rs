@@ -671,3 +671,73 @@ pub fn log_time(line: &str) -> std::time::SystemTime {
     humantime::parse_rfc3339_weak(stamp.trim_end_matches('Z'))
         .unwrap_or_else(|e| panic!("no timestamp in {line:?}: {e}"))
 }
+
+/// The uid and gid the tests switch to for a second user.
+pub const NOBODY: u32 = 65534;
+
+/// Fails the test unless it runs as root (`file`: the test file that switches users).
+pub fn need_root(file: &str) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "{file} switches users: run as root (as scripts/test does)"
+    );
+}
+
+/// `program` run as nobody (uid and gid 65534, no supplementary groups).
+pub fn as_nobody(program: &Path) -> Command {
+    require("setpriv");
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        format!("--reuid={NOBODY}"),
+        format!("--regid={NOBODY}"),
+        "--clear-groups".to_string(),
+    ])
+    .arg(program);
+    cmd
+}
+
+/// rtmctl run as nobody against the daemon's board, without the test's RTM_* environment.
+pub fn rtmctl_as_nobody(d: &Daemon, args: &[&str]) -> Output {
+    as_nobody(&bin("rtmctl"))
+        .args(["--bus-address", &d.bus, "--dut", &d.board])
+        .args(args)
+        .env_remove("RTM_DUT")
+        .env_remove("RTM_HOLD")
+        .env_remove("RTM_BUS_ADDRESS")
+        .output()
+        .unwrap()
+}
+
+/// Reads from `r` until `needle` has been seen; returns everything read.
+pub fn read_until(r: &mut impl std::io::Read, needle: &[u8]) -> Vec<u8> {
+    let start = std::time::Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    let want = String::from_utf8_lossy(needle).into_owned();
+    while !got.windows(needle.len()).any(|w| w == needle) {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "never read {want:?}; {}",
+            tail(&got)
+        );
+        match r.read(&mut buf) {
+            Ok(0) => panic!("EOF before {want:?}; {}", tail(&got)),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    got
+}
+
+/// What was read, briefly (payloads can be megabytes).
+pub fn tail(got: &[u8]) -> String {
+    let from = got.len().saturating_sub(80);
+    format!(
+        "{} bytes read, ending {:?}",
+        got.len(),
+        String::from_utf8_lossy(&got[from..])
+    )
+}

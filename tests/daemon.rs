@@ -242,12 +242,12 @@ fn rtmctl_without_a_daemon_or_a_bus_says_so_in_one_line() {
     assert!(line.contains("--dut"), "{line}");
 }
 
-#[test]
-fn demo_runs_on_a_private_bus_and_switches_off_on_stop() {
+/// `rtmd --demo` without a session bus, and the address of the private bus it prints.
+fn start_demo() -> (Proc, String) {
     let mut cmd = Command::new(bin("rtmd"));
     cmd.args(["--demo", "--log", "stderr"])
         .env_remove("DBUS_SESSION_BUS_ADDRESS");
-    let mut demo = Proc::spawn("rtmd --demo", cmd, true);
+    let demo = Proc::spawn("rtmd --demo", cmd, true);
     let line = demo.wait_line("export RTM_BUS_ADDRESS=");
     let address = line
         .split("RTM_BUS_ADDRESS=")
@@ -257,6 +257,12 @@ fn demo_runs_on_a_private_bus_and_switches_off_on_stop() {
         .next()
         .unwrap()
         .to_string();
+    (demo, address)
+}
+
+#[test]
+fn demo_runs_on_a_private_bus_and_switches_off_on_stop() {
+    let (mut demo, address) = start_demo();
     demo.wait_line("ready on");
     let rtmctl = |args: &[&str]| {
         Command::new(bin("rtmctl"))
@@ -760,19 +766,7 @@ fn the_demo_boards_shell_is_not_root_for_a_console_client() {
     );
     require("setpriv");
     require("socat");
-    let mut cmd = Command::new(bin("rtmd"));
-    cmd.args(["--demo", "--log", "stderr"])
-        .env_remove("DBUS_SESSION_BUS_ADDRESS");
-    let mut demo = Proc::spawn("rtmd --demo", cmd, true);
-    let line = demo.wait_line("export RTM_BUS_ADDRESS=");
-    let address = line
-        .split("RTM_BUS_ADDRESS=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
+    let (mut demo, address) = start_demo();
     assert!(
         demo.wait_line("every local user can reach the board's console")
             .ends_with("its shell runs as nobody"),
